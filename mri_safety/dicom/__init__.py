@@ -1,0 +1,2 @@
+"""DICOM stage: discovery, series splitting, classification, de-identification
+and conversion to NIfTI (RAS+ affines) with BIDS names."""
