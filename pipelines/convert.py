@@ -1,0 +1,406 @@
+"""DICOM tree -> de-identified BIDS NIfTI + JSON, with a conversion report.
+
+This is the I/O shell around the pure DICOM stage (:mod:`mri_safety.dicom`):
+discover -> split -> exclude (burned-in, secondary capture) -> classify ->
+assign visits -> convert -> de-identify -> write. One broken series never stops
+the others: every failure becomes a row of the report naming the file and the
+problem.
+
+Exit codes of ``mri-safety convert`` (see :func:`ConversionReport.exit_code`):
+
+====  =============================================================
+0     every image series found was converted (exclusions by policy,
+      localisers and non-DICOM files are listed but are not failures)
+8     partial success: some series converted, some failed (like dcm2niix)
+2     nothing converted (no DICOM image series found, or all failed)
+1     usage or internal error (bad arguments, unreadable config)
+====  =============================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from mri_safety.dicom.classify import Classification, classify
+from mri_safety.dicom.deid import Deidentifier, exclusion_reason, load_secret
+from mri_safety.dicom.volume import ConversionError, Volume, convert_series
+from mri_safety.visits import (
+    Enrolment,
+    StudyInfo,
+    VisitAmbiguityError,
+    VisitAssignment,
+    assign_visits,
+    read_enrolment,
+)
+
+from mri_safety import __version__
+from mri_safety.config import Config, load_config
+from mri_safety.dicom.bids import bids_name
+from mri_safety.dicom.discover import discover, read_dataset
+from mri_safety.dicom.records import Problem, SeriesGroup
+from mri_safety.dicom.series import split_series
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOTHING = 2
+EXIT_PARTIAL = 8
+
+
+@dataclass
+class SeriesReport:
+    """One row of the conversion report (PHI-free except ``source``, the
+    site's own relative path, which stays on the site side)."""
+
+    key: str
+    source: str
+    series_number: int | None
+    n_instances: int
+    status: str  # converted | failed | excluded | skipped
+    subject: str = ""
+    session: str = ""
+    region: str = ""
+    contrast: str = ""
+    post_contrast: bool = False
+    acq: str = ""
+    rule: str = ""
+    output: str = ""
+    split: str = ""
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConversionReport:
+    """Everything :func:`convert_tree` did, and why."""
+
+    series: list[SeriesReport] = field(default_factory=list)
+    file_problems: list[Problem] = field(default_factory=list)
+    visit_errors: list[str] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[SeriesReport]:
+        return [s for s in self.series if s.status == "converted"]
+
+    @property
+    def failed(self) -> list[SeriesReport]:
+        return [s for s in self.series if s.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        errors = bool(self.failed) or any(p.level == "error" for p in self.file_problems)
+        errors = errors or bool(self.visit_errors)
+        if not self.converted:
+            return EXIT_NOTHING
+        return EXIT_PARTIAL if errors else EXIT_OK
+
+    def write(self, out: Path) -> tuple[Path, Path]:
+        """Write ``conversion_report.json`` and ``conversion_report.tsv``."""
+        data = {
+            "software": f"mri-safety {__version__}",
+            "exit_code": self.exit_code,
+            "series": [asdict(s) for s in self.series],
+            "file_problems": [asdict(p) for p in self.file_problems],
+            "visit_errors": self.visit_errors,
+        }
+        jpath = out / "conversion_report.json"
+        _atomic_write_text(jpath, json.dumps(data, indent=2))
+        tpath = out / "conversion_report.tsv"
+        cols = ["status", "source", "series_number", "n_instances", "subject", "session",
+                "region", "contrast", "post_contrast", "acq", "output", "warnings", "errors"]
+        with tempfile.NamedTemporaryFile("w", dir=out, delete=False, newline="") as tmp:
+            w = csv.writer(tmp, delimiter="\t")
+            w.writerow(cols)
+            for s in self.series:
+                row = asdict(s)
+                w.writerow([
+                    "; ".join(row[c]) if isinstance(row[c], list) else row[c] for c in cols
+                ])
+            for p in self.file_problems:
+                if p.level != "info":
+                    w.writerow([p.level, p.path] + [""] * (len(cols) - 3) + [p.message])
+        os.replace(tmp.name, tpath)
+        return jpath, tpath
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so a crash
+    never leaves a half-written file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_nifti(img: nib.Nifti1Image, path: Path) -> None:
+    """Save atomically; header text fields are blanked (no PHI can hide there)."""
+    hdr = img.header
+    hdr["descrip"] = f"mri-safety {__version__}".encode()[:80]
+    hdr["aux_file"] = b""
+    hdr["intent_name"] = b""
+    hdr["db_name"] = b""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _study_infos(groups: list[SeriesGroup], root: Path) -> list[StudyInfo]:
+    seen: dict[str, StudyInfo] = {}
+    for g in groups:
+        if g.study_instance_uid in seen:
+            continue
+        seen[g.study_instance_uid] = StudyInfo(
+            patient_id=g.patient_id,
+            study_instance_uid=g.study_instance_uid,
+            study_date=g.study_date,
+            time_point_id=str(g.tags.get("ClinicalTrialTimePointID") or ""),
+            display_name=_relative(g.source_dir, root),
+        )
+    return list(seen.values())
+
+
+def _assign(
+    groups: list[SeriesGroup],
+    root: Path,
+    enrolment: dict[str, Enrolment],
+    config: Config,
+    report: ConversionReport,
+) -> dict[str, VisitAssignment]:
+    """Visit per study; a patient whose visits are ambiguous is reported and
+    left out, the other patients go on."""
+    by_patient: dict[str, list[SeriesGroup]] = defaultdict(list)
+    for g in groups:
+        by_patient[g.patient_id].append(g)
+    out: dict[str, VisitAssignment] = {}
+    for pgroups in by_patient.values():
+        try:
+            out.update(assign_visits(_study_infos(pgroups, root), enrolment, config.visits))
+        except VisitAmbiguityError as exc:
+            report.visit_errors.append(str(exc))
+            log.error("%s", exc)
+    return out
+
+
+def _sidecar(
+    vol: Volume,
+    group: SeriesGroup,
+    cls: Classification,
+    visit: VisitAssignment,
+    deid: Deidentifier,
+) -> dict[str, Any]:
+    side: dict[str, Any] = dict(vol.params)
+    side.update(
+        {
+            "Visit": visit.label,
+            "DaysFromDosing": visit.days_from_dosing,
+            "SeriesNumber": group.first.series_number,
+            "SourceSeriesInstanceUIDHash": deid.hash_uid(group.series_instance_uid),
+            "SourceStudyInstanceUIDHash": deid.hash_uid(group.study_instance_uid),
+            "SplitIndex": group.split_index,
+            "Classification": {
+                "region": cls.region,
+                "contrast": cls.contrast,
+                "post_contrast": cls.post_contrast,
+                "acq": cls.acq,
+                "orientation": cls.orientation,
+                "rule": cls.rule,
+                "reasons": list(cls.reasons),
+            },
+            "ConversionSoftware": "mri-safety",
+            "ConversionSoftwareVersion": __version__,
+            "ConversionWarnings": [p.message for p in vol.problems],
+        }
+    )
+    return side
+
+
+def _bval_bvec(vol: Volume) -> tuple[str, str] | None:
+    bvals = vol.params.get("_bvals") if isinstance(vol.params, dict) else None
+    bvecs = vol.params.get("_bvecs") if isinstance(vol.params, dict) else None
+    if bvals is None or bvecs is None:
+        return None
+    b = " ".join(f"{float(v):g}" for v in bvals) + "\n"
+    vec = np.asarray(bvecs, dtype=float).reshape(-1, 3).T
+    v = "\n".join(" ".join(f"{x:.6f}" for x in row) for row in vec) + "\n"
+    return b, v
+
+
+def convert_tree(
+    src: Path | str,
+    out: Path | str,
+    *,
+    enrolment: Path | str | None = None,
+    secret: bytes | None = None,
+    write_dicom: bool = False,
+    config: Config | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
+    """Convert every image series under ``src`` into a BIDS tree under ``out``.
+
+    Parameters
+    ----------
+    src, out
+        Input DICOM tree and output folder (created).
+    enrolment
+        CSV with ``patient_id,dosing_date[,...]`` (see :mod:`mri_safety.visits`).
+    secret
+        Site secret for pseudonyms and UID remapping; ``None`` = the site
+        secret file (:func:`mri_safety.dicom.deid.load_secret`).
+    write_dicom
+        Also write de-identified DICOM copies under
+        ``out/sourcedata/dicom/sub-*/ses-*/<series key>/``.
+    config
+        Validated configuration (default: the packaged ``configs/``).
+    workers
+        Header-reading processes (see :func:`~mri_safety.dicom.discover.discover`).
+    progress
+        Called as ``progress(done, total)`` after each series.
+    """
+    src, out = Path(src), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config or load_config(None)
+    deid = Deidentifier(secret if secret is not None else load_secret(None))
+    enrol = read_enrolment(Path(enrolment)) if enrolment else {}
+    report = ConversionReport()
+
+    found = discover(src, workers=workers)
+    report.file_problems.extend(found.problems)
+    groups, problems = split_series(found.instances)
+    report.file_problems.extend(problems)
+    visits = _assign(groups, src, enrol, config, report)
+
+    names_used: dict[str, int] = defaultdict(int)
+    planned: list[tuple[SeriesGroup, SeriesReport, Classification | None, str]] = []
+    for g in groups:
+        row = SeriesReport(
+            key=g.key,
+            source=_relative(g.source_dir, src),
+            series_number=g.first.series_number,
+            n_instances=len(g.instances),
+            status="pending",
+            split=g.split_reason,
+        )
+        report.series.append(row)
+        reason = exclusion_reason({**g.tags, "SOPClassUID": g.first.sop_class_uid,
+                                   "ImageType": list(g.first.image_type)})
+        if reason:
+            row.status, row.errors = "excluded", [reason]
+            continue
+        cls = classify(g, config.sequences)
+        row.region, row.contrast, row.post_contrast = cls.region, cls.contrast, cls.post_contrast
+        row.acq, row.rule = cls.acq, cls.rule
+        if not cls.classified:
+            row.warnings.append("unclassified: " + "; ".join(cls.reasons))
+        if cls.contrast == "localizer":
+            row.status = "skipped"
+            row.warnings.append("localizer: not converted")
+            continue
+        visit = visits.get(g.study_instance_uid)
+        if visit is None:
+            row.status = "failed"
+            row.errors.append("no visit assigned (see visit errors)")
+            continue
+        row.subject = deid.pseudonym(g.patient_id)
+        row.session = visit.label
+        base = bids_name(row.subject, row.session, region=cls.region, acq=cls.acq,
+                         contrast=cls.contrast, post_contrast=cls.post_contrast, run=None)
+        names_used[base] += 1
+        planned.append((g, row, cls, base))
+
+    # run-N only where two series would share a name (numbered in series order)
+    counters: dict[str, int] = defaultdict(int)
+    total = len(planned)
+    for done, (g, row, cls, base) in enumerate(planned, start=1):
+        assert cls is not None
+        run = None
+        if names_used[base] > 1:
+            counters[base] += 1
+            run = counters[base]
+        name = bids_name(row.subject, row.session, region=cls.region, acq=cls.acq,
+                         contrast=cls.contrast, post_contrast=cls.post_contrast, run=run)
+        visit = visits[g.study_instance_uid]
+        try:
+            _convert_one(g, row, cls, visit, name, out, deid, write_dicom, enrol)
+        except ConversionError as exc:
+            row.status = "failed"
+            row.errors.append(str(exc))
+            log.error("%s", exc)
+        except Exception as exc:  # never let one series stop the others
+            row.status = "failed"
+            row.errors.append(f"{g.first.path}: unexpected {type(exc).__name__}: {exc}")
+            log.exception("series %s failed", g.key)
+        if progress:
+            progress(done, total)
+
+    report.write(out)
+    return report
+
+
+def _convert_one(
+    g: SeriesGroup,
+    row: SeriesReport,
+    cls: Classification,
+    visit: VisitAssignment,
+    name: str,
+    out: Path,
+    deid: Deidentifier,
+    write_dicom: bool,
+    enrol: dict[str, Enrolment],
+) -> None:
+    vol = convert_series(g)
+    row.warnings.extend(p.message for p in vol.problems if p.level != "error")
+    errors = [p.message for p in vol.problems if p.level == "error"]
+    if errors:
+        raise ConversionError(g.first.path, "; ".join(errors))
+    nii = out / f"{name}.nii.gz"
+    save_nifti(vol.to_nifti(), nii)
+    side = _sidecar(vol, g, cls, visit, deid)
+    side = {k: v for k, v in side.items() if not k.startswith("_")}
+    _atomic_write_text(out / f"{name}.json", json.dumps(side, indent=2, default=str))
+    bb = _bval_bvec(vol)
+    if bb:
+        _atomic_write_text(out / f"{name}.bval", bb[0])
+        _atomic_write_text(out / f"{name}.bvec", bb[1])
+    row.output = f"{name}.nii.gz"
+    row.status = "converted"
+    if write_dicom:
+        e = enrol.get(g.patient_id)
+        dosing: date | None = e.dosing_date if e else None
+        dest = out / "sourcedata" / "dicom" / f"sub-{row.subject}" / f"ses-{row.session}" / g.key
+        for rec in g.instances:
+            ds = deid.deidentify(read_dataset(rec), pseudonym=row.subject, dosing_date=dosing)
+            buf = BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            _atomic_write_bytes(dest / f"{ds.SOPInstanceUID}.dcm", buf.getvalue())
