@@ -1,0 +1,112 @@
+"""Stage cache: keyed by input content, parameters and code; atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines.cache import StageStore, path_digest, stable_manifest
+
+CALLS: list[str] = []
+
+
+def double(inputs: dict[str, Path], out: Path, factor: int = 2) -> dict[str, int]:
+    CALLS.append(str(inputs["x"]))
+    value = int(inputs["x"].read_text()) * factor
+    (out / "y.txt").write_text(str(value))
+    return {"value": value}
+
+
+def failing(inputs: dict[str, Path], out: Path) -> None:
+    (out / "half.txt").write_text("partial")
+    raise RuntimeError("worker died")
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> StageStore:
+    return StageStore(tmp_path / "work")
+
+
+def test_runs_once_then_hits(tmp_path, store):
+    x = tmp_path / "x.txt"
+    x.write_text("21")
+    CALLS.clear()
+    a = store.run("double", double, {"x": x})
+    b = store.run("double", double, {"x": x})
+    assert a.computed and not b.computed
+    assert a.path == b.path and len(CALLS) == 1
+    assert (a.path / "y.txt").read_text() == "42"
+    m = a.manifest
+    assert m["summary"] == {"value": 42}
+    assert m["inputs"]["x"]["sha256"] == path_digest(x)
+    assert {"numpy", "SimpleITK", "mri-safety"} <= set(m["packages"])
+    assert m["outputs"] == ["y.txt"]
+
+
+def test_key_is_content_not_path(tmp_path, store):
+    x1, x2 = tmp_path / "a.txt", tmp_path / "b.txt"
+    x1.write_text("5")
+    x2.write_text("5")
+    assert store.run("double", double, {"x": x1}).computed
+    assert not store.run("double", double, {"x": x2}).computed
+    x2.write_text("6")
+    assert store.run("double", double, {"x": x2}).computed
+
+
+def test_parameter_change_reruns(tmp_path, store):
+    x = tmp_path / "x.txt"
+    x.write_text("3")
+    r2 = store.run("double", double, {"x": x}, {"factor": 2})
+    r3 = store.run("double", double, {"x": x}, {"factor": 3})
+    assert r2.digest != r3.digest and r3.computed
+    assert (r3.path / "y.txt").read_text() == "9"
+
+
+def test_failure_leaves_nothing_trusted(tmp_path, store):
+    x = tmp_path / "x.txt"
+    x.write_text("1")
+    with pytest.raises(RuntimeError):
+        store.run("bad", failing, {"x": x})
+    assert not list((store.root / "bad").iterdir())
+
+
+def test_killed_worker_leaves_only_tmp(tmp_path):
+    """SIGKILL a process mid-stage: the final folder never appears, the next
+    run recomputes and the leftover temporary folder is cleaned."""
+    root = tmp_path / "work"
+    x = tmp_path / "x.txt"
+    x.write_text("7")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from pipelines.cache import StageStore
+        def slow(inputs, out):
+            (out / "y.txt").write_text("half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        StageStore({str(root)!r}).run("slow", slow, {{"x": Path({str(x)!r})}})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9
+    stage_dir = root / "slow"
+    leftovers = [p.name for p in stage_dir.iterdir()]
+    assert leftovers and all(n.startswith(".tmp-") for n in leftovers)
+    store = StageStore(root)
+    assert store.clean_partial() == 1
+    assert not any(stage_dir.iterdir())
+
+
+def test_stable_manifest_drops_time_and_host(tmp_path):
+    x = tmp_path / "x.txt"
+    x.write_text("4")
+    a = StageStore(tmp_path / "w1").run("double", double, {"x": x}).manifest
+    b = StageStore(tmp_path / "w2").run("double", double, {"x": x}).manifest
+    assert stable_manifest(a) == stable_manifest(b)
+    assert json.dumps(stable_manifest(a))
+    assert os.path.isabs(a["inputs"]["x"]["path"])
