@@ -64,7 +64,7 @@ def convert(
     from pipelines.convert import convert_tree
 
     if not dicom_dir.exists():
-        console.print(f"[red]error:[/] {dicom_dir}: no such file or directory")
+        console.print(f"[red]error:[/] {dicom_dir}: no such file or directory", soft_wrap=True)
         raise typer.Exit(1)
     try:
         cfg = load_config(config)
@@ -93,14 +93,17 @@ def convert(
         style = {"converted": "green", "failed": "red"}.get(s.status, "yellow")
         table.add_row(f"[{style}]{s.status}[/]", s.source, what, detail)
     console.print(table)
+    # plain, unwrapped lines so each failing file can be found (and grepped)
+    for s in report.failed:
+        console.print(f"[red]failed:[/] {s.source}: {'; '.join(s.errors)}", soft_wrap=True)
     for p in report.file_problems:
         if p.level == "error":
-            console.print(f"[red]error:[/] {p.path}: {p.message}")
+            console.print(f"[red]error:[/] {p.path}: {p.message}", soft_wrap=True)
     skipped = sum(1 for p in report.file_problems if p.level == "warning")
     if skipped:
         console.print(f"{skipped} file(s) skipped (not DICOM or empty); see the report")
     for msg in report.visit_errors:
-        console.print(f"[red]visit error:[/] {msg}")
+        console.print(f"[red]visit error:[/] {msg}", soft_wrap=True)
     console.print(
         f"{len(report.converted)} converted, {len(report.failed)} failed; exit {report.exit_code}"
     )

@@ -34,24 +34,25 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from mri_safety.dicom.classify import Classification, classify
-from mri_safety.dicom.deid import Deidentifier, exclusion_reason, load_secret
-from mri_safety.dicom.volume import ConversionError, Volume, convert_series
-from mri_safety.visits import (
-    Enrolment,
-    StudyInfo,
-    VisitAmbiguityError,
-    VisitAssignment,
-    assign_visits,
-    read_enrolment,
-)
 
 from mri_safety import __version__
 from mri_safety.config import Config, load_config
 from mri_safety.dicom.bids import bids_name
+from mri_safety.dicom.classify import Classification, classify_groups
+from mri_safety.dicom.deid import Deidentifier, exclusion_reason, load_secret
 from mri_safety.dicom.discover import discover, read_dataset
 from mri_safety.dicom.records import Problem, SeriesGroup
 from mri_safety.dicom.series import split_series
+from mri_safety.dicom.volume import ConversionError, Volume, convert_series
+from mri_safety.visits import (
+    Enrolment,
+    VisitAmbiguityError,
+    VisitAssignment,
+    assign_visits,
+    parse_date,
+    read_enrolment,
+    studies_from_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,21 +176,6 @@ def _relative(path: str, root: Path) -> str:
         return str(path)
 
 
-def _study_infos(groups: list[SeriesGroup], root: Path) -> list[StudyInfo]:
-    seen: dict[str, StudyInfo] = {}
-    for g in groups:
-        if g.study_instance_uid in seen:
-            continue
-        seen[g.study_instance_uid] = StudyInfo(
-            patient_id=g.patient_id,
-            study_instance_uid=g.study_instance_uid,
-            study_date=g.study_date,
-            time_point_id=str(g.tags.get("ClinicalTrialTimePointID") or ""),
-            display_name=_relative(g.source_dir, root),
-        )
-    return list(seen.values())
-
-
 def _assign(
     groups: list[SeriesGroup],
     root: Path,
@@ -197,18 +183,32 @@ def _assign(
     config: Config,
     report: ConversionReport,
 ) -> dict[str, VisitAssignment]:
-    """Visit per study; a patient whose visits are ambiguous is reported and
-    left out, the other patients go on."""
-    by_patient: dict[str, list[SeriesGroup]] = defaultdict(list)
+    """Visit per study; a patient whose visits are ambiguous is reported (the
+    message names both studies by their source folders) and left out, the
+    other patients go on."""
+    studies = studies_from_groups(groups, display_name=lambda g: _relative(g.source_dir, root))
+    try:
+        return assign_visits(studies, enrolment, config.visits)
+    except VisitAmbiguityError as exc:
+        report.visit_errors.extend(exc.conflicts)
+        for msg in exc.conflicts:
+            log.error("%s", msg)
+        return exc.partial
+
+
+def _first_study_dates(groups: list[SeriesGroup]) -> dict[str, date | None]:
+    """Earliest study date per patient (date-shift reference without dosing)."""
+    out: dict[str, date | None] = {}
     for g in groups:
-        by_patient[g.patient_id].append(g)
-    out: dict[str, VisitAssignment] = {}
-    for pgroups in by_patient.values():
         try:
-            out.update(assign_visits(_study_infos(pgroups, root), enrolment, config.visits))
-        except VisitAmbiguityError as exc:
-            report.visit_errors.append(str(exc))
-            log.error("%s", exc)
+            d: date | None = parse_date(g.study_date)
+        except ValueError:
+            d = None
+        cur = out.get(g.patient_id)
+        if d is not None and (cur is None or d < cur):
+            out[g.patient_id] = d
+        else:
+            out.setdefault(g.patient_id, cur)
     return out
 
 
@@ -301,8 +301,10 @@ def convert_tree(
     report.file_problems.extend(problems)
     visits = _assign(groups, src, enrol, config, report)
 
+    classes = classify_groups(groups, config.sequences)
+    first_dates = _first_study_dates(groups)
     names_used: dict[str, int] = defaultdict(int)
-    planned: list[tuple[SeriesGroup, SeriesReport, Classification | None, str]] = []
+    planned: list[tuple[SeriesGroup, SeriesReport, Classification, str]] = []
     for g in groups:
         row = SeriesReport(
             key=g.key,
@@ -313,12 +315,12 @@ def convert_tree(
             split=g.split_reason,
         )
         report.series.append(row)
-        reason = exclusion_reason({**g.tags, "SOPClassUID": g.first.sop_class_uid,
-                                   "ImageType": list(g.first.image_type)})
+        row.warnings.extend(p.message for p in g.problems)
+        reason = exclusion_reason(g.first)
         if reason:
             row.status, row.errors = "excluded", [reason]
             continue
-        cls = classify(g, config.sequences)
+        cls = classes[g.key]
         row.region, row.contrast, row.post_contrast = cls.region, cls.contrast, cls.post_contrast
         row.acq, row.rule = cls.acq, cls.rule
         if not cls.classified:
@@ -332,6 +334,7 @@ def convert_tree(
             row.status = "failed"
             row.errors.append("no visit assigned (see visit errors)")
             continue
+        row.warnings.extend(visit.warnings)
         row.subject = deid.pseudonym(g.patient_id)
         row.session = visit.label
         base = bids_name(row.subject, row.session, region=cls.region, acq=cls.acq,
@@ -343,7 +346,6 @@ def convert_tree(
     counters: dict[str, int] = defaultdict(int)
     total = len(planned)
     for done, (g, row, cls, base) in enumerate(planned, start=1):
-        assert cls is not None
         run = None
         if names_used[base] > 1:
             counters[base] += 1
@@ -352,7 +354,8 @@ def convert_tree(
                          contrast=cls.contrast, post_contrast=cls.post_contrast, run=run)
         visit = visits[g.study_instance_uid]
         try:
-            _convert_one(g, row, cls, visit, name, out, deid, write_dicom, enrol)
+            _convert_one(g, row, cls, visit, name, out, deid, write_dicom, enrol,
+                         first_dates.get(g.patient_id))
         except ConversionError as exc:
             row.status = "failed"
             row.errors.append(str(exc))
@@ -378,6 +381,7 @@ def _convert_one(
     deid: Deidentifier,
     write_dicom: bool,
     enrol: dict[str, Enrolment],
+    first_study_date: date | None,
 ) -> None:
     vol = convert_series(g)
     row.warnings.extend(p.message for p in vol.problems if p.level != "error")
@@ -400,7 +404,8 @@ def _convert_one(
         dosing: date | None = e.dosing_date if e else None
         dest = out / "sourcedata" / "dicom" / f"sub-{row.subject}" / f"ses-{row.session}" / g.key
         for rec in g.instances:
-            ds = deid.deidentify(read_dataset(rec), pseudonym=row.subject, dosing_date=dosing)
+            ds = deid.deidentify(read_dataset(rec), pseudonym=row.subject, dosing_date=dosing,
+                                 first_study_date=first_study_date)
             buf = BytesIO()
             ds.save_as(buf, enforce_file_format=True)
             _atomic_write_bytes(dest / f"{ds.SOPInstanceUID}.dcm", buf.getvalue())

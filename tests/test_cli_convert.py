@@ -28,6 +28,7 @@ def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def secret_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("secret") / "site-secret"
     p.write_bytes(b"0123456789abcdef0123456789abcdef")
+    p.chmod(0o600)
     return p
 
 
@@ -84,11 +85,17 @@ def test_partial_exit_8(tmp_path, secret_file):
     shutil.copytree(need_data("dicom", "patient-positions", "HFS"), src / "good")
     bad = src / "bad"
     shutil.copytree(need_data("dicom", "patient-positions", "HFP"), bad)
+    # make HFP a second series of the HFS study (else: two same-day studies)
+    study = pydicom.dcmread(next((src / "good").glob("*.dcm")), stop_before_pixels=True)
+    for f in bad.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = study.StudyInstanceUID
+        ds.save_as(f)
     victim = sorted(bad.glob("*.dcm"))[12]
     victim.write_bytes(victim.read_bytes()[:3000])
     res = _cli(src, tmp_path / "out", "--secret-file", secret_file)
     assert res.returncode == EXIT_PARTIAL, res.stderr
-    assert victim.name in res.stderr.replace("\n", "")
+    assert victim.name in res.stderr
 
 
 def test_missing_input_exit_1(tmp_path, secret_file):
