@@ -256,42 +256,34 @@ def _bval_bvec(vol: Volume) -> tuple[str, str] | None:
     return b, v
 
 
-def convert_tree(
+@dataclass
+class SeriesPlan:
+    """Everything needed to convert one series, decided from headers only:
+    its classification, visit, BIDS name and date-shift references. Plans are
+    picklable, so the pipeline can convert series as separate tasks."""
+
+    group: SeriesGroup
+    row: SeriesReport
+    cls: Classification
+    visit: VisitAssignment
+    name: str
+    dosing_date: date | None
+    first_study_date: date | None
+
+
+def plan_conversion(
     src: Path | str,
-    out: Path | str,
     *,
+    deid: Deidentifier,
     enrolment: Path | str | None = None,
-    secret: bytes | None = None,
-    write_dicom: bool = False,
     config: Config | None = None,
     workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> ConversionReport:
-    """Convert every image series under ``src`` into a BIDS tree under ``out``.
-
-    Parameters
-    ----------
-    src, out
-        Input DICOM tree and output folder (created).
-    enrolment
-        CSV with ``patient_id,dosing_date[,...]`` (see :mod:`mri_safety.visits`).
-    secret
-        Site secret for pseudonyms and UID remapping; ``None`` = the site
-        secret file (:func:`mri_safety.dicom.deid.load_secret`).
-    write_dicom
-        Also write de-identified DICOM copies under
-        ``out/sourcedata/dicom/sub-*/ses-*/<series key>/``.
-    config
-        Validated configuration (default: the packaged ``configs/``).
-    workers
-        Header-reading processes (see :func:`~mri_safety.dicom.discover.discover`).
-    progress
-        Called as ``progress(done, total)`` after each series.
-    """
-    src, out = Path(src), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+) -> tuple[ConversionReport, list[SeriesPlan]]:
+    """Discover, split, exclude, classify, assign visits and name every series
+    under ``src`` (headers only). Series that will not be converted get their
+    final report row here (excluded / skipped / failed with the reason)."""
+    src = Path(src)
     config = config or load_config(None)
-    deid = Deidentifier(secret if secret is not None else load_secret(None))
     enrol = read_enrolment(Path(enrolment)) if enrolment else {}
     report = ConversionReport()
 
@@ -304,7 +296,7 @@ def convert_tree(
     classes = classify_groups(groups, config.sequences)
     first_dates = _first_study_dates(groups)
     names_used: dict[str, int] = defaultdict(int)
-    planned: list[tuple[SeriesGroup, SeriesReport, Classification, str]] = []
+    todo: list[tuple[SeriesGroup, SeriesReport, Classification, VisitAssignment, str]] = []
     for g in groups:
         row = SeriesReport(
             key=g.key,
@@ -340,49 +332,90 @@ def convert_tree(
         base = bids_name(row.subject, row.session, region=cls.region, acq=cls.acq,
                          contrast=cls.contrast, post_contrast=cls.post_contrast, run=None)
         names_used[base] += 1
-        planned.append((g, row, cls, base))
+        todo.append((g, row, cls, visit, base))
 
     # run-N only where two series would share a name (numbered in series order)
     counters: dict[str, int] = defaultdict(int)
-    total = len(planned)
-    for done, (g, row, cls, base) in enumerate(planned, start=1):
+    plans = []
+    for g, row, cls, visit, base in todo:
         run = None
         if names_used[base] > 1:
             counters[base] += 1
             run = counters[base]
         name = bids_name(row.subject, row.session, region=cls.region, acq=cls.acq,
                          contrast=cls.contrast, post_contrast=cls.post_contrast, run=run)
-        visit = visits[g.study_instance_uid]
-        try:
-            _convert_one(g, row, cls, visit, name, out, deid, write_dicom, enrol,
-                         first_dates.get(g.patient_id))
-        except ConversionError as exc:
-            row.status = "failed"
-            row.errors.append(str(exc))
-            log.error("%s", exc)
-        except Exception as exc:  # never let one series stop the others
-            row.status = "failed"
-            row.errors.append(f"{g.first.path}: unexpected {type(exc).__name__}: {exc}")
-            log.exception("series %s failed", g.key)
-        if progress:
-            progress(done, total)
+        e = enrol.get(g.patient_id)
+        plans.append(SeriesPlan(g, row, cls, visit, name, e.dosing_date if e else None,
+                                first_dates.get(g.patient_id)))
+    return report, plans
 
+
+def convert_planned(
+    plan: SeriesPlan, out: Path, deid: Deidentifier, write_dicom: bool = False
+) -> SeriesReport:
+    """Convert one planned series into ``out`` (BIDS-relative paths); never
+    raises for bad data: the returned row says converted or failed and why."""
+    row = plan.row
+    try:
+        _convert_one(plan, Path(out), deid, write_dicom)
+    except ConversionError as exc:
+        row.status = "failed"
+        row.errors.append(str(exc))
+        log.error("%s", exc)
+    except Exception as exc:  # never let one series stop the others
+        row.status = "failed"
+        row.errors.append(f"{plan.group.first.path}: unexpected {type(exc).__name__}: {exc}")
+        log.exception("series %s failed", plan.group.key)
+    return row
+
+
+def convert_tree(
+    src: Path | str,
+    out: Path | str,
+    *,
+    enrolment: Path | str | None = None,
+    secret: bytes | None = None,
+    write_dicom: bool = False,
+    config: Config | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
+    """Convert every image series under ``src`` into a BIDS tree under ``out``.
+
+    Parameters
+    ----------
+    src, out
+        Input DICOM tree and output folder (created).
+    enrolment
+        CSV with ``patient_id,dosing_date[,...]`` (see :mod:`mri_safety.visits`).
+    secret
+        Site secret for pseudonyms and UID remapping; ``None`` = the site
+        secret file (:func:`mri_safety.dicom.deid.load_secret`).
+    write_dicom
+        Also write de-identified DICOM copies under
+        ``out/sourcedata/dicom/sub-*/ses-*/<series key>/``.
+    config
+        Validated configuration (default: the packaged ``configs/``).
+    workers
+        Header-reading processes (see :func:`~mri_safety.dicom.discover.discover`).
+    progress
+        Called as ``progress(done, total)`` after each series.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    deid = Deidentifier(secret if secret is not None else load_secret(None))
+    report, plans = plan_conversion(src, deid=deid, enrolment=enrolment, config=config,
+                                    workers=workers)
+    for done, plan in enumerate(plans, start=1):
+        convert_planned(plan, out, deid, write_dicom)
+        if progress:
+            progress(done, len(plans))
     report.write(out)
     return report
 
 
-def _convert_one(
-    g: SeriesGroup,
-    row: SeriesReport,
-    cls: Classification,
-    visit: VisitAssignment,
-    name: str,
-    out: Path,
-    deid: Deidentifier,
-    write_dicom: bool,
-    enrol: dict[str, Enrolment],
-    first_study_date: date | None,
-) -> None:
+def _convert_one(plan: SeriesPlan, out: Path, deid: Deidentifier, write_dicom: bool) -> None:
+    g, row, name = plan.group, plan.row, plan.name
     vol = convert_series(g)
     row.warnings.extend(p.message for p in vol.problems if p.level != "error")
     errors = [p.message for p in vol.problems if p.level == "error"]
@@ -390,7 +423,7 @@ def _convert_one(
         raise ConversionError(g.first.path, "; ".join(errors))
     nii = out / f"{name}.nii.gz"
     save_nifti(vol.to_nifti(), nii)
-    side = _sidecar(vol, g, cls, visit, deid)
+    side = _sidecar(vol, g, plan.cls, plan.visit, deid)
     side = {k: v for k, v in side.items() if not k.startswith("_")}
     _atomic_write_text(out / f"{name}.json", json.dumps(side, indent=2, default=str))
     bb = _bval_bvec(vol)
@@ -400,12 +433,11 @@ def _convert_one(
     row.output = f"{name}.nii.gz"
     row.status = "converted"
     if write_dicom:
-        e = enrol.get(g.patient_id)
-        dosing: date | None = e.dosing_date if e else None
         dest = out / "sourcedata" / "dicom" / f"sub-{row.subject}" / f"ses-{row.session}" / g.key
         for rec in g.instances:
-            ds = deid.deidentify(read_dataset(rec), pseudonym=row.subject, dosing_date=dosing,
-                                 first_study_date=first_study_date)
+            ds = deid.deidentify(read_dataset(rec), pseudonym=row.subject,
+                                 dosing_date=plan.dosing_date,
+                                 first_study_date=plan.first_study_date)
             buf = BytesIO()
             ds.save_as(buf, enforce_file_format=True)
             _atomic_write_bytes(dest / f"{ds.SOPInstanceUID}.dcm", buf.getvalue())
