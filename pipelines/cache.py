@@ -155,13 +155,18 @@ class StageStore:
         inputs: Mapping[str, Path],
         params: Mapping[str, Any] | None = None,
         extra_key: Mapping[str, str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> StageResult:
-        """Run ``fn(inputs, out_dir, **params)`` unless an identical run exists.
+        """Run ``fn(inputs, out_dir, **params, **context)`` unless an identical
+        run exists.
 
         ``fn`` writes its outputs into ``out_dir`` (a private temporary folder)
         and may return a JSON-serialisable summary stored in the manifest.
         ``extra_key`` adds already-computed digests (e.g. an upstream stage's
-        digest) to the key without re-hashing files.
+        digest, or the digest of a whole DICOM series) to the key without
+        re-hashing files. ``context`` passes Python objects that are *not*
+        hashed (e.g. a conversion plan): the caller must put a digest of
+        whatever in them can change the output into ``extra_key``.
         """
         params = dict(params or {})
         in_digests = {k: path_digest(Path(v)) for k, v in inputs.items()}
@@ -177,7 +182,8 @@ class StageStore:
         tmp.mkdir()
         started = time.time()
         try:
-            summary = fn({k: Path(v) for k, v in inputs.items()}, tmp, **params)
+            summary = fn({k: Path(v) for k, v in inputs.items()}, tmp, **params,
+                         **dict(context or {}))
             finished = time.time()
             manifest = {
                 "stage": stage,
