@@ -33,7 +33,6 @@ from mri_safety.config import Config, load_config
 from mri_safety.dicom.deid import Deidentifier
 from pipelines.cache import StageResult, StageStore, canonical_json, file_digest
 from pipelines.convert import (
-    ConversionReport,
     SeriesPlan,
     SeriesReport,
     convert_planned,
@@ -149,7 +148,8 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan]) -> list[Pa
         order = [v for _, v in visits]
         base = "baseline" if "baseline" in order else order[0]
 
-        def match(visit: str, like: SeriesReport) -> SeriesReport | None:
+        def match(visit: str, like: SeriesReport,
+                  srows: list[SeriesReport] = srows) -> SeriesReport | None:
             cands = [r for r in srows if r.session == visit and r.region == like.region
                      and r.contrast == like.contrast and r.post_contrast == like.post_contrast]
             cands.sort(key=lambda r: (r.acq != like.acq, r.output))
