@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -110,11 +111,180 @@ def convert(
     raise typer.Exit(report.exit_code)
 
 
+def _client(scheduler: str | None, cluster: str | None, workers: int | None) -> tuple[Any, Any]:
+    """(client, cluster) for --scheduler / --cluster / the local default."""
+    from distributed import Client
+
+    from pipelines.cluster import batch_cluster, load_profile, local_cluster
+
+    if scheduler:
+        return Client(scheduler), None
+    if cluster:
+        c = batch_cluster(load_profile(cluster))
+    else:
+        c = local_cluster(n_workers=workers)
+    return Client(c), c
+
+
+def _run_pipeline(
+    dicom_dir: Path, out: Path, enrolment: Path | None, config: Path | None,
+    secret_file: Path | None, scheduler: str | None, cluster: str | None,
+    workers: int | None,
+) -> int:
+    from mri_safety.config import load_config
+    from mri_safety.dicom.deid import load_secret
+    from pipelines.trial import run_trial
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(out / "logs" / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    cfg = load_config(config)
+    secret = load_secret(secret_file)
+    client, clus = _client(scheduler, cluster, workers)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=console) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            summary = run_trial(dicom_dir, out, client, secret=secret, enrolment=enrolment,
+                                config=cfg, progress=progress)
+    finally:
+        client.close()
+        if clus is not None:
+            clus.close()
+    table = Table(title="visits")
+    for col in ("visit", "days from dosing", "flagged", "status"):
+        table.add_column(col)
+    for name, v in sorted(summary.visits.items()):
+        table.add_row(name, str(v["days_from_dosing"]), str(v["n_flagged"]), v["status"])
+    console.print(table)
+    for f in summary.failures:
+        console.print(f"[red]failure:[/] {f}", soft_wrap=True)
+    console.print(
+        f"{len(summary.visits)} visits, {summary.n_flagged} candidates flagged, "
+        f"{len(summary.failures)} failures; stages computed {summary.computed}, "
+        f"reused {summary.reused}. Log: {out / 'logs' / 'run.log'}"
+    )
+    return 0 if not summary.failures else 8
+
+
 @app.command()
-def demo(out: str = typer.Option("mri-safety-demo", "--out", help="Output directory")) -> None:
-    """Generate a small synthetic trial and run the whole pipeline on it."""
-    console.print("[yellow]mri-safety demo: not yet available[/] (lands with the pipeline issue)")
-    raise typer.Exit(0)
+def run(
+    dicom_dir: Path = typer.Argument(..., help="DICOM tree of the trial"),
+    out: Path = typer.Option(..., "--out", help="Output folder"),
+    enrolment: Path | None = typer.Option(None, "--enrolment", help="Enrolment CSV"),
+    config: Path | None = typer.Option(None, "--config", help="YAML overriding configs/"),
+    secret_file: Path | None = typer.Option(None, "--secret-file", help="Site secret file"),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="tcp://host:port"),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="slurm|pbs|sge or a profile YAML (configs/cluster/)"
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Local workers (default: cores)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the whole pipeline (convert -> compare -> visit summaries) on Dask.
+
+    Re-running skips finished stages. Exit 0 when everything ran, 8 when some
+    series or comparisons failed (the summary names them), 1 on usage errors.
+    """
+    _logging(verbose)
+    if scheduler and cluster:
+        console.print("[red]error:[/] give --scheduler or --cluster, not both")
+        raise typer.Exit(1)
+    if not dicom_dir.exists():
+        console.print(f"[red]error:[/] {dicom_dir}: no such file or directory", soft_wrap=True)
+        raise typer.Exit(1)
+    raise typer.Exit(_run_pipeline(dicom_dir, out, enrolment, config, secret_file, scheduler,
+                                   cluster, workers))
+
+
+@app.command()
+def compare(
+    baseline: Path = typer.Argument(..., help="Baseline NIfTI"),
+    followup: Path = typer.Argument(..., help="Follow-up NIfTI"),
+    out: Path = typer.Option(..., "--out", help="Output folder"),
+    region: str = typer.Option("brain", "--region", help="brain|spine"),
+    contrast: str = typer.Option("flair", "--contrast", help="flair|t2w|t1w|..."),
+    extra: list[str] | None = typer.Option(
+        None, "--extra-contrast",
+        help="Extra pair as BASELINE:FOLLOWUP:CONTRAST (repeatable)",
+    ),
+) -> None:
+    """Candidate new abnormalities of FOLLOWUP vs BASELINE.
+
+    Writes OUT/candidates.json, candidates.nii.gz (labels in the baseline's
+    voxel space), zmap.nii.gz and followup_in_baseline.nii.gz (docs/detection.md).
+    """
+    _logging(False)
+    from mri_safety.change.compare import compare_main
+
+    pairs = []
+    for item in extra or []:
+        parts = item.split(":")
+        if len(parts) != 3:
+            console.print(f"[red]error:[/] --extra-contrast {item!r}: expected B:F:CONTRAST")
+            raise typer.Exit(1)
+        pairs.append((Path(parts[0]), Path(parts[1]), parts[2]))
+    try:
+        doc = compare_main(baseline, followup, out, region=region, contrast=contrast,
+                           extra=pairs)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    flagged = [c for c in doc["candidates"] if c.get("flagged")]
+    console.print(f"{len(doc['candidates'])} candidates, {len(flagged)} flagged; "
+                  f"registration {doc.get('registration', {}).get('status')}; "
+                  f"written to {out}")
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., help="Output folder"),
+    patients: int = typer.Option(2, "--patients", help="Number of patients"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same trial)"),
+    preset: str = typer.Option("small", "--preset", help="small (seconds) or full"),
+) -> None:
+    """Generate a synthetic trial (DICOM + enrolment + ground truth)."""
+    from mri_safety.synth import synth_main
+
+    try:
+        path = synth_main(out_dir, patients, seed, preset)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"synthetic trial written to {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("mri-safety-demo"), "--out", help="Output directory"),
+    workers: int | None = typer.Option(None, "--workers", help="Local workers"),
+) -> None:
+    """Generate a small synthetic trial and run the pipeline on it (local Dask)."""
+    _logging(False)
+    from mri_safety.synth import synth_main
+
+    trial = out / "trial"
+    if not (trial / "enrolment.csv").exists():
+        console.print(f"generating a synthetic trial in {trial} ...")
+        synth_main(trial, 2, 0, "small")
+    secret = out / "demo-site-secret"
+    if not secret.exists():
+        secret.write_bytes(b"mri-safety demo secret: not for real data!")
+        secret.chmod(0o600)
+    code = _run_pipeline(trial / "dicom", out / "results", trial / "enrolment.csv", None,
+                         secret, None, None, workers)
+    console.print(f"BIDS tree: {out / 'results' / 'bids'}")
+    console.print(f"visit summaries: {out / 'results' / 'visits'}")
+    console.print(f"ground truth of the synthetic trial: {trial / 'ground_truth'}")
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":
