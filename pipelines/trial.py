@@ -318,9 +318,12 @@ def _write_visit_summaries(
         v = visits.setdefault((r.subject, r.session), {
             "subject": r.subject, "visit": r.session,
             "days_from_dosing": plans[r.key].visit.days_from_dosing,
-            "series": [], "comparisons": [], "n_flagged": 0,
+            "series": [], "comparisons": [], "n_flagged": 0, "not_assessable": [],
         })
-        v["series"].append({"output": r.output, "status": r.status, "region": r.region,
+        if r.status != "converted":
+            v["not_assessable"].append(r.source)
+        v["series"].append({"output": r.output, "source": r.source, "status": r.status,
+                            "region": r.region,
                             "contrast": r.contrast, "post_contrast": r.post_contrast,
                             "errors": r.errors})
     for pair, res, err in sorted(compared, key=lambda t: (t[0].followup_name, t[0].kind)):
@@ -337,13 +340,17 @@ def _write_visit_summaries(
             v["n_flagged"] += sum(1 for c in doc["candidates"] if c.get("flagged"))
         v["comparisons"].append(entry)
     for (subject, visit), v in sorted(visits.items()):
+        problems = v["not_assessable"] or any(c.get("error") for c in v["comparisons"])
         if visit == "baseline":
             v["status"] = "baseline"
-        elif any(c.get("error") for c in v["comparisons"]) or not v["comparisons"]:
-            v["status"] = "not assessable" if not v["comparisons"] else "incomplete"
+        elif v["n_flagged"]:
+            v["status"] = "candidates flagged"
+        elif not any(c.get("candidates") is not None for c in v["comparisons"]):
+            v["status"] = "not assessable"
+        elif problems:
+            v["status"] = "incomplete"
         else:
-            v["status"] = ("candidates flagged" if v["n_flagged"]
-                           else "no candidates flagged: full read and sign-off still needed")
+            v["status"] = "no candidates flagged: full read and sign-off still needed"
         d = out / "visits" / f"sub-{subject}" / f"ses-{visit}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "visit_summary.json").write_text(json.dumps(v, indent=2, sort_keys=True))
