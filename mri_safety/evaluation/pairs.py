@@ -1,0 +1,122 @@
+"""Loaders for evaluation pairs: real MS follow-ups, real no-change pairs, synthetic pairs.
+
+A :class:`Pair` holds a ``fixed`` (baseline) image, a ``moving`` (follow-up)
+image as SimpleITK images (LPS geometry, as SimpleITK uses), and, where
+known, a ``truth`` change mask on the fixed grid and a ``true_transform``
+(ITK convention: maps fixed points to moving points, so
+``sitk.Resample(moving, fixed, T)`` brings the follow-up onto the fixed grid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from mri_safety.synth.sitkutil import array_to_sitk
+
+DATA = Path(os.environ.get("MRI_SAFETY_DATA", Path(__file__).resolve().parents[2].parent
+                           / "shared" / "data"))
+POSITIONS = ("HFS", "HFP", "HFDL", "HFDR")
+
+
+@dataclass
+class Pair:
+    """One baseline/follow-up pair for scoring. ``truth``: uint8 array (i, j, k) on
+    the fixed grid or None (no-change pair: every candidate is a false positive)."""
+
+    name: str
+    fixed: sitk.Image
+    moving: sitk.Image
+    truth: np.ndarray | None
+    mask: sitk.Image | None = None
+    true_transform: sitk.Transform | None = None
+    moving_prealigned: bool = False  # True when moving is already on the fixed grid
+
+
+def _read(p: Path) -> sitk.Image:
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: file not found")
+    return sitk.Cast(sitk.ReadImage(str(p)), sitk.sitkFloat32)
+
+
+def load_ms_pair(patient: str = "patient01", root: Path | None = None) -> Pair:
+    """A longitudinal-ms pair: both FLAIRs brought into the common space.
+
+    The common grid is ``brainmask_common_space``; each
+    ``studyN_FLAIR_to_common_space.txt`` maps common points to raw points, so
+    ``sitk.Resample(raw, common, T)`` gives the FLAIR in common space.
+    ``gt.nii.gz`` (expert change mask) is already in common space.
+    """
+    d = (root or DATA / "longitudinal-ms") / patient
+    grid = sitk.ReadImage(str(d / "brainmask_common_space.nii.gz"))
+    imgs = []
+    for s in ("study1", "study2"):
+        raw = _read(d / f"{s}_FLAIR.nii.gz")
+        tx = sitk.ReadTransform(str(d / f"{s}_FLAIR_to_common_space.txt"))
+        imgs.append(sitk.Resample(raw, grid, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    gt = sitk.ReadImage(str(d / "gt.nii.gz"))
+    truth = np.transpose(sitk.GetArrayFromImage(gt), (2, 1, 0)) > 0
+    return Pair(f"ms-{patient}", imgs[0], imgs[1], truth.astype(np.uint8),
+                mask=sitk.Cast(grid > 0, sitk.sitkUInt8), true_transform=sitk.Transform(),
+                moving_prealigned=True)
+
+
+def _convert_dir(path: Path) -> sitk.Image:
+    """Convert one DICOM series directory with the project converter."""
+    from mri_safety.dicom.series import load_series_dir
+    from mri_safety.dicom.volume import convert_series
+
+    groups = load_series_dir(path)
+    if len(groups) != 1:
+        raise ValueError(f"{path}: expected one series, found {len(groups)}")
+    img = convert_series(groups[0]).to_nifti()
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    return array_to_sitk(data, img.affine)
+
+
+def load_positions_pair(a: str = "HFS", b: str = "HFP", root: Path | None = None) -> Pair:
+    """Real no-change pair: one volunteer scanned in two patient positions."""
+    d = root or DATA / "dicom" / "patient-positions"
+    return Pair(f"positions-{a}-{b}", _convert_dir(d / a), _convert_dir(d / b), None)
+
+
+def load_synth_pair(study: Path, patient: str, visit: str, contrast: str = "FLAIR") -> Pair:
+    """Synthetic pair: baseline vs ``visit`` of ``contrast`` from a generated study.
+
+    The fixed image is the baseline series on its own grid; the truth labels
+    (1 mm baseline truth grid) are resampled onto it (nearest neighbour, same
+    scanner space); the moving image is the follow-up series in native space;
+    ``true_transform`` is the recorded follow-up -> baseline transform.
+    """
+    gt = study / "ground_truth" / patient
+    if not (gt / "truth.json").exists():
+        raise FileNotFoundError(f"{gt / 'truth.json'}: no synthetic truth")
+
+    def vol(v: str) -> sitk.Image:
+        im = nib.load(str(gt / v / "volumes" / f"{contrast}.nii.gz"))
+        return array_to_sitk(np.asarray(im.dataobj, np.float32), im.affine)  # type: ignore[attr-defined]
+
+    fixed = vol("baseline")
+    lab_img = nib.load(str(gt / visit / "labels_baseline.nii.gz"))
+    lab_s = array_to_sitk(np.asarray(lab_img.dataobj, np.float32), lab_img.affine)  # type: ignore[attr-defined]
+    lab = np.transpose(sitk.GetArrayFromImage(sitk.Resample(
+        lab_s, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)), (2, 1, 0))
+    tx = sitk.ReadTransform(str(gt / visit / "followup_to_baseline.tfm"))
+    return Pair(f"synth-{patient}-{visit}-{contrast}", fixed, vol(visit), lab.astype(np.uint8),
+                true_transform=tx)
+
+
+def synth_visits(study: Path) -> list[tuple[str, str, list[int]]]:
+    """(patient, visit, new abnormality ids) for every follow-up of a generated study."""
+    out = []
+    for tj in sorted((study / "ground_truth").glob("*/truth.json")):
+        t = json.loads(tj.read_text())
+        for v in t["visits"][1:]:
+            out.append((t["patient_id"], v["name"], list(v["new_abnormality_ids"])))
+    return out

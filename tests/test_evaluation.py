@@ -1,0 +1,103 @@
+"""Evaluation harness: lesion-wise scoring on constructed maps with known answers,
+and the plain subtraction baseline on the real longitudinal MS pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import need_data
+
+from mri_safety.evaluation.scoring import dice, expert_lesions, froc, score_pair
+
+
+def _truth() -> np.ndarray:
+    t = np.zeros((40, 40, 40), np.uint8)
+    t[5:8, 5:8, 5:8] = 1  # 27 voxels: lesion A (~3.7 mm at 1 mm voxels)
+    t[20:30, 20:30, 20:30] = 1  # 1000 voxels: lesion B (~12 mm)
+    t[35, 35, 35] = 1  # 2 voxels: below the 3-voxel expert-lesion minimum
+    t[35, 35, 36] = 1
+    t[10, 30, 10] = 1  # diagonal neighbours: one 26-connected 3-voxel lesion C
+    t[11, 31, 11] = 1
+    t[12, 32, 12] = 1
+    return t
+
+
+def test_expert_lesions_26_connected_min_3() -> None:
+    lab, n = expert_lesions(_truth())
+    assert n == 3
+    assert lab[35, 35, 35] == 0
+    assert lab[10, 30, 10] == lab[12, 32, 12] != 0
+
+
+def test_score_pair_known_answer() -> None:
+    t = _truth()
+    flagged = np.zeros_like(t)
+    flagged[9, 9, 9] = 1  # one voxel away (diagonal) from A's corner (7,7,7)? no: 2 away
+    flagged[8, 8, 8] = 1  # touches A within one voxel (26-neighbour of 7,7,7)
+    flagged[25, 25, 25] = 1  # inside B
+    flagged[0:2, 38:40, 0:2] = 1  # far away: false positive
+    flagged[36, 36, 37] = 1  # touches the 2-voxel blob only (not a lesion): false positive
+    s = score_pair(flagged, t)
+    assert s.n_lesions == 3
+    assert s.n_found == 2  # A and B; C missed
+    # candidates: {(8,8,8),(9,9,9)} form one 26-connected component touching A; B; far; blob
+    assert s.n_candidates == 4
+    assert s.n_false_positives == 2
+    assert s.sensitivity == pytest.approx(2 / 3)
+    assert s.precision == pytest.approx(2 / 4)
+    assert s.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert s.found_by_bin["0-5"] == (1, 2)  # A found, C missed
+    assert s.found_by_bin["10-20"] == (1, 1)
+    both = s + s
+    assert both.n_pairs == 2 and both.fp_per_pair == 2
+
+
+def test_candidate_two_voxels_away_is_false_positive() -> None:
+    t = np.zeros((20, 20, 20), np.uint8)
+    t[5:8, 5:8, 5:8] = 1
+    f = np.zeros_like(t)
+    f[9, 6, 6] = 1  # gap of one voxel (8,6,6) between lesion and candidate
+    s = score_pair(f, t)
+    assert (s.n_found, s.n_false_positives) == (0, 1)
+
+
+def test_froc_monotone() -> None:
+    t = _truth()
+    rng = np.random.default_rng(0)
+    score = rng.normal(0, 1, t.shape).astype(np.float32)
+    score[t > 0] += 4
+    pts = froc(score, t, [2.0, 3.0, 4.0, 5.0, 8.0])
+    fps = [p[1] for p in pts]
+    sens = [p[2] for p in pts]
+    assert sens[0] == 1.0 and sens[-1] == 0.0
+    assert all(a >= b for a, b in zip(sens, sens[1:], strict=False))
+    assert fps[0] > fps[-1] == 0
+
+
+def test_dice() -> None:
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[2:6] = True
+    b[4:8] = True
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(a, a) == 1.0
+
+
+@pytest.mark.slow
+def test_subtraction_baseline_on_real_ms_pairs() -> None:
+    """The plain baseline on the real MS pairs: poor, as measured-baselines.md says."""
+    need_data("longitudinal-ms", "patient01")
+    from mri_safety.evaluation.pairs import load_ms_pair
+    from mri_safety.evaluation.subtraction import subtraction
+
+    total = None
+    for p in ("patient01", "patient03"):
+        pair = load_ms_pair(p)
+        r = subtraction(pair)
+        s = score_pair(r.candidates, pair.truth)
+        total = s if total is None else total + s
+    assert total is not None
+    print("MS pairs, plain subtraction:", total.as_dict())
+    assert total.n_lesions == 59  # expert change lesions >= 3 voxels (measured-baselines.md)
+    assert 0.0 < total.sensitivity < 0.5
+    assert total.fp_per_pair > 5
