@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from mri_safety import __version__
+from mri_safety.change.params import load_params
 from mri_safety.config import Config, load_config
 from mri_safety.dicom.deid import Deidentifier
+from mri_safety.qc.config import load_qc_config
 from pipelines.cache import StageResult, StageStore, canonical_json, file_digest
 from pipelines.convert import (
     SeriesPlan,
@@ -61,10 +63,67 @@ def convert_series_stage(
     return asdict(row)
 
 
-def compare_stage(
-    inputs: dict[str, Path], out: Path, region: str, contrast: str
+def qc_stage(inputs: dict[str, Path], out: Path, qc: dict[str, Any]) -> dict[str, Any]:
+    """Image quality metrics and verdict of one converted series -> qc.json."""
+    import nibabel as nib
+
+    from mri_safety.qc.assess import assess_nifti
+    from mri_safety.qc.config import QCConfig
+    from mri_safety.qc.verdict import qc_verdict
+
+    cfg = QCConfig.model_validate(qc)
+    side = json.loads(inputs["sidecar"].read_text())
+    metrics = assess_nifti(nib.load(inputs["image"]), side)
+    verdict = qc_verdict(metrics.as_dict(), thresholds=cfg.verdict)
+    doc = {"metrics": metrics.as_dict(), "not_applicable": metrics.reasons(),
+           "verdict": verdict.status, "verdict_reasons": verdict.reasons}
+    (out / "qc.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    return {"verdict": verdict.status}
+
+
+def _location_text(loc: Any) -> str:
+    """Short location for titles: the values of a location dict, e.g.
+    ``brain deep left`` or ``spine C3``."""
+    if isinstance(loc, dict):
+        return " ".join(str(v) for k, v in loc.items() if not isinstance(v, float | int))
+    return str(loc or "")
+
+
+def evidence_stage(
+    inputs: dict[str, Path], out: Path, candidates: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Candidates for one follow-up/baseline pair (``mri-safety compare``)."""
+    """Montage PNG per flagged candidate and a registration check picture."""
+    import nibabel as nib
+
+    from mri_safety.evidence.montage import MontageCandidate, render_montage
+    from mri_safety.evidence.regcheck import render_regcheck
+
+    base: Any = nib.load(inputs["baseline"])
+    fu: Any = nib.load(inputs["followup_in_baseline"])
+    z: Any = nib.load(inputs["zmap"])
+    render_regcheck(base, fu, out / "regcheck.png")
+    pictures = []
+    for c in candidates:
+        cand = MontageCandidate(
+            id=str(c["id"]), type=str(c["type"]),
+            centroid_ras_mm=tuple(float(v) for v in c["centroid_ras_mm"]),  # type: ignore[arg-type]
+            volume_mm3=float(c["volume_mm3"]), location=_location_text(c.get("location")),
+            score=float(c["score"]))
+        name = f"candidate-{c['id']}.png"
+        render_montage(base, fu, z, cand, out / name, diff_limit=5.0,
+                       diff_label="z (follow-up - baseline)")
+        pictures.append(name)
+    return {"montages": pictures}
+
+
+def compare_stage(
+    inputs: dict[str, Path], out: Path, region: str, contrast: str,
+    detection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Candidates for one follow-up/baseline pair (``mri-safety compare``).
+
+    ``detection`` (the validated ``configs/detection.yaml``) is here so that
+    the cache key changes with it; compare_main reads the same file."""
     from mri_safety.change.compare import compare_main
 
     doc = compare_main(inputs["baseline"], inputs["followup"], out, region=region,
@@ -82,11 +141,28 @@ def _run_convert(root: str, plan: SeriesPlan, deid: Deidentifier, key: dict[str,
                                 extra_key=key, context={"plan": plan, "deid": deid})
 
 
-def _run_compare(root: str, baseline: Path, followup: Path, region: str, contrast: str
-                 ) -> StageResult:
+def _run_qc(root: str, image: Path, sidecar: Path, qc: dict[str, Any]) -> StageResult:
+    return StageStore(root).run("qc", qc_stage, {"image": image, "sidecar": sidecar},
+                                {"qc": qc})
+
+
+def _run_compare(root: str, baseline: Path, followup: Path, region: str, contrast: str,
+                 detection: dict[str, Any]) -> StageResult:
     return StageStore(root).run("compare", compare_stage,
                                 {"baseline": baseline, "followup": followup},
-                                {"region": region, "contrast": contrast})
+                                {"region": region, "contrast": contrast,
+                                 "detection": detection})
+
+
+def _run_evidence(root: str, compare: StageResult, baseline: Path) -> StageResult:
+    doc = json.loads((compare.path / "candidates.json").read_text())
+    flagged = [c for c in doc["candidates"] if c.get("flagged")]
+    return StageStore(root).run(
+        "evidence", evidence_stage,
+        {"baseline": baseline,
+         "followup_in_baseline": compare.path / "followup_in_baseline.nii.gz",
+         "zmap": compare.path / "zmap.nii.gz"},
+        {"candidates": flagged})
 
 
 # --------------------------------------------------------------------------
@@ -264,25 +340,53 @@ def run_trial(
         p.row for p in plan_list]
     report.write(out)
 
-    # compare: each follow-up against baseline and previous visit
     rows = [p.row for p in plan_list]
-    pairs = pairs_for(rows, plans)
     by_name = {p.row.output: results[p.group.key] for p in plan_list
                if p.row.status == "converted"}
+
+    def count(stage: str, res: StageResult) -> None:
+        bucket = summary.computed if res.computed else summary.reused
+        bucket[stage] = bucket.get(stage, 0) + 1
+
+    # QC: one task per converted series; an unusable series is not compared
+    qc_cfg = load_qc_config().model_dump(mode="json")
+    qfuts = {}
+    for name, res in by_name.items():
+        side = res.path / name.replace(".nii.gz", ".json")
+        qfuts[client.submit(_run_qc, str(work), res.path / name, side, qc_cfg,
+                            pure=False)] = name
+    qc: dict[str, dict[str, Any]] = {}
+    for done, fut in enumerate(as_completed(list(qfuts)), start=1):
+        name = qfuts[fut]
+        try:
+            qres: StageResult = fut.result()
+            count("qc", qres)
+            qc[name] = json.loads((qres.path / "qc.json").read_text())
+            qc[name]["manifest"] = str((qres.path / "manifest.json").relative_to(out))
+        except Exception as exc:
+            summary.failures.append(f"qc {name}: {exc}")
+            qc[name] = {"verdict": "review", "verdict_reasons": [f"QC failed: {exc}"]}
+        if progress:
+            progress("qc", done, len(qfuts))
+    usable = [r for r in rows if r.status != "converted"
+              or qc.get(r.output, {}).get("verdict") != "unusable"]
+
+    # compare: each follow-up against baseline and previous visit
+    detection = load_params().model_dump(mode="json")
+    pairs = pairs_for(usable, plans)
     cfuts = {}
     for pair in pairs:
         b = by_name[pair.baseline_name].path / pair.baseline_name
         f = by_name[pair.followup_name].path / pair.followup_name
         cfuts[client.submit(_run_compare, str(work), b, f, pair.region, pair.contrast,
-                            pure=False)] = pair
+                            detection, pure=False)] = pair
     compared: list[tuple[Pair, StageResult | None, str]] = []
     for done, fut in enumerate(as_completed(list(cfuts)), start=1):
         pair = cfuts[fut]
         try:
             cres: StageResult = fut.result()
             compared.append((pair, cres, ""))
-            bucket = summary.computed if cres.computed else summary.reused
-            bucket["compare"] = bucket.get("compare", 0) + 1
+            count("compare", cres)
         except Exception as exc:
             msg = f"compare {pair.followup_name} vs {pair.baseline_name}: {exc}"
             summary.failures.append(msg)
@@ -290,7 +394,28 @@ def run_trial(
         if progress:
             progress("compare", done, len(cfuts))
 
-    _write_visit_summaries(out, rows, plans, compared, summary)
+    # evidence: montages of flagged candidates + registration check per pair
+    efuts = {}
+    for pair, done_cmp, _ in compared:
+        if done_cmp is not None:
+            b = by_name[pair.baseline_name].path / pair.baseline_name
+            efuts[client.submit(_run_evidence, str(work), done_cmp, b, pure=False)] = pair
+    evidence: dict[tuple[str, str], str] = {}
+    for done, fut in enumerate(as_completed(list(efuts)), start=1):
+        pair = efuts[fut]
+        try:
+            eres: StageResult = fut.result()
+            count("evidence", eres)
+            evidence[(pair.followup_name, pair.baseline_name)] = str(
+                eres.path.relative_to(out))
+        except Exception as exc:
+            summary.failures.append(f"evidence {pair.followup_name}: {exc}")
+        if progress:
+            progress("evidence", done, len(efuts))
+
+    sidecars = {name: json.loads((res.path / name.replace(".nii.gz", ".json")).read_text())
+                for name, res in by_name.items()}
+    _write_visit_summaries(out, rows, plans, compared, summary, qc, evidence, sidecars)
     summary.failures.extend(
         f"{r.source}: {'; '.join(r.errors)}" for r in report.series if r.status == "failed")
     summary.failures.extend(report.visit_errors)
@@ -310,7 +435,12 @@ def _write_visit_summaries(
     plans: dict[str, SeriesPlan],
     compared: list[tuple[Pair, StageResult | None, str]],
     summary: TrialSummary,
+    qc: dict[str, dict[str, Any]],
+    evidence: dict[tuple[str, str], str],
+    sidecars: dict[str, dict[str, Any]],
 ) -> None:
+    from mri_safety.qc.protocol import compare_protocol
+
     visits: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         if not r.subject:
@@ -320,15 +450,23 @@ def _write_visit_summaries(
             "days_from_dosing": plans[r.key].visit.days_from_dosing,
             "series": [], "comparisons": [], "n_flagged": 0, "not_assessable": [],
         })
-        if r.status != "converted":
-            v["not_assessable"].append(r.source)
+        q = qc.get(r.output, {})
+        if r.status != "converted" or q.get("verdict") == "unusable":
+            v["not_assessable"].append(r.output or r.source)
         v["series"].append({"output": r.output, "source": r.source, "status": r.status,
+                            "qc_verdict": q.get("verdict"),
+                            "qc_reasons": q.get("verdict_reasons", []),
+                            "qc_manifest": q.get("manifest"),
                             "region": r.region,
                             "contrast": r.contrast, "post_contrast": r.post_contrast,
                             "errors": r.errors})
     for pair, res, err in sorted(compared, key=lambda t: (t[0].followup_name, t[0].kind)):
         v = visits[(pair.subject, pair.visit)]
         entry: dict[str, Any] = {**asdict(pair), "error": err}
+        proto = compare_protocol(sidecars[pair.baseline_name], sidecars[pair.followup_name])
+        entry["protocol_deviations"] = [asdict(d) for d in proto.deviations]
+        entry["protocol_confidence"] = proto.confidence
+        entry["evidence"] = evidence.get((pair.followup_name, pair.baseline_name))
         if res is not None:
             doc = json.loads((res.path / "candidates.json").read_text())
             manifest = str((res.path / "manifest.json").relative_to(out))
