@@ -67,7 +67,7 @@ def test_visits_and_candidates(first):
     names = sorted(v.split("/")[1] for v in summary.visits)
     assert names == ["ses-24h", "ses-M2", "ses-baseline"]
     assert not summary.failures
-    assert summary.computed == {"convert": 6, "compare": 6}
+    assert summary.computed == {"convert": 6, "qc": 6, "compare": 6, "evidence": 6}
     for name in summary.visits:
         doc = json.loads((out / "visits" / name / "visit_summary.json").read_text())
         if name.endswith("baseline"):
@@ -77,6 +77,11 @@ def test_visits_and_candidates(first):
         assert kinds == (["baseline", "baseline"] if name.endswith("24h")
                          else ["baseline", "baseline", "previous", "previous"])
         for comp in doc["comparisons"]:
+            assert (out / comp["evidence"] / "regcheck.png").is_file()
+            flagged = [c for c in comp["candidates"] if c["flagged"]]
+            for c in flagged:
+                assert (out / comp["evidence"] / f"candidate-{c['id']}.png").is_file()
+            assert "protocol_deviations" in comp
             manifest = out / comp["manifest"]
             assert manifest.is_file()
             assert all(c["manifest"] == comp["manifest"] for c in comp["candidates"])
@@ -90,7 +95,7 @@ def test_rerun_reuses_everything(trial, first):
     before = _digests(out)
     again = _run(trial, out)
     assert again.computed == {}
-    assert again.reused == {"convert": 6, "compare": 6}
+    assert again.reused == {"convert": 6, "qc": 6, "compare": 6, "evidence": 6}
     assert _digests(out) == before
 
 
@@ -123,7 +128,7 @@ def test_killed_run_resumes_to_identical_outputs(trial, first, tmp_path):
     resumed = _run(trial, out)
     assert resumed.reused.get("convert") == 6
     assert resumed.reused.get("compare", 0) >= 2
-    assert sum(resumed.computed.values()) + sum(resumed.reused.values()) == 12
+    assert sum(resumed.computed.values()) + sum(resumed.reused.values()) == 24
     assert finished <= {p.parent.name for p in (out / "work").glob("*/*/manifest.json")}
     assert _digests(out) == _digests(ref_out)
 
