@@ -1,0 +1,327 @@
+"""Rigid (6 dof) and optional affine registration of a follow-up image to its baseline.
+
+Images are SimpleITK images (LPS+ geometry, world mm). The returned transform
+maps **fixed (baseline) points to moving (follow-up) points** (ITK convention),
+so ``resample(moving, fixed, result.transform)`` puts the follow-up on the
+baseline grid.
+
+Default backend (``"sitk"``): SimpleITK ``ImageRegistrationMethod`` with
+Euler3D (then optionally Affine), Mattes mutual information, regular-step
+gradient descent, scales from physical shift. The multi-resolution pyramid is
+built here rather than with ``SetShrinkFactorsPerLevel`` because ITK shrinks
+every axis by the same factor, which ruins thick-slice 2D images (a 4.8 mm
+slice shrunk 4x becomes 19 mm): each level has a *target spacing in mm* and
+each axis is shrunk by ``round(target / spacing)`` (at least 1). The fixed
+image is cropped to its mask's bounding box (plus a margin) so the metric is
+evaluated where it matters and the cost does not depend on the field of view.
+
+Determinism (see also ``RigidParams.round_decimals``): metric sampling is
+either ``"regular"`` (a fixed grid) or
+``"random"`` with a fixed seed, so the sample points never depend on threads;
+the thread count used by the metric is a stage parameter (``threads``), so
+results on any machine, local or SLURM, are bit-identical for the same
+parameters. Initialisation tries the scanner (physical) geometry and a
+centre-of-mass alignment, runs the coarsest level from both, and keeps the
+better metric value, which makes different slice thickness, 2D vs 3D and
+different patient positions (HFS/HFP/decubitus) start in the right basin.
+
+The ``"ants"`` backend calls ``ants.registration`` (antspyx) in its own
+temporary directory (antspyx globs the output prefix; a stray file crashed it)
+with ``ANTS_RANDOM_SEED`` set and one ITK thread for bit-identical results.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from mri_safety.register.transforms import read_transform, to_affine_transform
+
+
+@dataclass(frozen=True)
+class RigidParams:
+    """Parameters of :func:`register` (all lengths in world mm).
+
+    backend: ``"sitk"`` (default) or ``"ants"``.
+    transform: ``"rigid"`` (6 dof) or ``"affine"`` (rigid, then 12 dof).
+    level_spacing_mm: target voxel spacing of each pyramid level, coarse to fine;
+        0 means native resolution.
+    smoothing_mm: Gaussian sigma applied to both images at each level (mm).
+    sampling: ``"random"`` (fixed ``seed``), ``"regular"`` grid or ``"none"`` (all voxels).
+    sampling_fraction: fraction of fixed (cropped) voxels sampled per level.
+    seed: seed of the random metric sampling.
+    bins: histogram bins of Mattes mutual information.
+    step_mm: initial (largest) optimizer step per level, mm of voxel shift.
+    min_step_mm: optimizer stops when the step falls below this, per level.
+    iterations: maximum optimizer iterations per level.
+    relaxation: step shrink factor on direction change (regular-step GD).
+    crop_margin_mm: margin around the fixed mask bounding box kept for the metric.
+    init: ``"auto"`` (best of ``"physical"`` and ``"moments"`` at the coarsest
+        level), ``"physical"`` (identity in scanner coordinates) or ``"moments"``.
+    threads: ITK threads used by the registration (stage parameter; the result
+        is independent of the machine's default thread count).
+    round_decimals: final transform parameters are rounded to this many decimals
+        (mm / rad): ITK's multithreaded metric sums partial results per thread,
+        so the last bit (~1e-16) of the parameters depends on the thread count;
+        rounding to 1e-9 makes them bit-identical for any thread count while
+        being geometrically irrelevant.
+    ants_type: antspyx ``type_of_transform`` for the ``"ants"`` backend
+        (default chosen from ``transform``).
+    """
+
+    backend: Literal["sitk", "ants"] = "sitk"
+    transform: Literal["rigid", "affine"] = "rigid"
+    level_spacing_mm: tuple[float, ...] = (4.0, 2.0, 0.0)
+    smoothing_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
+    sampling: Literal["random", "regular", "none"] = "random"
+    sampling_fraction: tuple[float, ...] = (0.25, 0.10, 0.20)
+    seed: int = 20261125
+    bins: int = 32
+    step_mm: tuple[float, ...] = (4.0, 1.0, 0.5)
+    min_step_mm: tuple[float, ...] = (0.05, 0.01, 0.0005)
+    iterations: int = 200
+    relaxation: float = 0.5
+    crop_margin_mm: float = 10.0
+    init: Literal["auto", "physical", "moments"] = "auto"
+    threads: int = 2
+    ants_type: str | None = None
+    round_decimals: int = 9
+
+
+@dataclass
+class RegistrationResult:
+    """Outcome of :func:`register`.
+
+    transform: fixed -> moving point mapping (LPS mm); Euler3DTransform for
+        rigid, AffineTransform for affine.
+    metric: final Mattes MI value at the finest level (negative; lower is better;
+        NaN for the ants backend).
+    init: initialisation that was kept.
+    iterations: optimizer iterations per level.
+    stop: optimizer stop condition of the last level.
+    seconds: wall time of the registration.
+    backend: backend used.
+    """
+
+    transform: sitk.Transform
+    metric: float
+    init: str
+    iterations: list[int] = field(default_factory=list)
+    stop: str = ""
+    seconds: float = 0.0
+    backend: str = "sitk"
+
+
+def _bbox_crop(img: sitk.Image, mask: sitk.Image,
+               margin_mm: float) -> tuple[sitk.Image, sitk.Image]:
+    """Crop ``img`` and ``mask`` (same grid) to the mask's bounding box + margin (mm)."""
+    lab = sitk.LabelShapeStatisticsImageFilter()
+    lab.Execute(sitk.Cast(mask > 0, sitk.sitkUInt8))
+    if not lab.HasLabel(1):
+        raise ValueError("fixed mask is empty")
+    bb = lab.GetBoundingBox(1)
+    dim = img.GetDimension()
+    lo = [max(0, bb[i] - int(np.ceil(margin_mm / img.GetSpacing()[i]))) for i in range(dim)]
+    hi = [min(img.GetSize()[i], bb[i] + bb[i + dim] + int(np.ceil(margin_mm / img.GetSpacing()[i])))
+          for i in range(dim)]
+    size = [h - lo_ for lo_, h in zip(lo, hi, strict=False)]
+    return (sitk.RegionOfInterest(img, size, lo), sitk.RegionOfInterest(mask, size, lo))
+
+
+def _level(img: sitk.Image, spacing_mm: float, sigma_mm: float,
+           is_mask: bool = False) -> sitk.Image:
+    """Smooth (sigma in mm) and shrink each axis by ``round(spacing_mm / spacing)``."""
+    out = img
+    if sigma_mm > 0 and not is_mask:
+        out = sitk.SmoothingRecursiveGaussian(out, sigma_mm)
+    if spacing_mm > 0:
+        f = [max(1, int(round(spacing_mm / s))) for s in img.GetSpacing()]
+        f = [min(fi, max(1, sz // 4)) for fi, sz in zip(f, img.GetSize(), strict=False)]
+        if any(fi > 1 for fi in f):
+            if is_mask:
+                # a voxel of the shrunk mask is inside when the voxel it samples is
+                out = sitk.Shrink(out, f)
+            else:
+                out = sitk.BinShrink(out, f)
+    return out
+
+
+def _method(p: RigidParams, lvl: int, fixed_mask: sitk.Image | None,
+            moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(p.threads)
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=p.bins)
+    if p.sampling == "random":
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(p.sampling_fraction[lvl], p.seed)
+    elif p.sampling == "regular":
+        reg.SetMetricSamplingStrategy(reg.REGULAR)
+        reg.SetMetricSamplingPercentage(p.sampling_fraction[lvl], p.seed)
+    else:
+        reg.SetMetricSamplingStrategy(reg.NONE)
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(fixed_mask)
+    if moving_mask is not None:
+        reg.SetMetricMovingMask(moving_mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=p.step_mm[lvl], minStep=p.min_step_mm[lvl],
+        numberOfIterations=p.iterations, relaxationFactor=p.relaxation,
+        gradientMagnitudeTolerance=1e-10)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    return reg
+
+
+def _initial(fixed: sitk.Image, moving: sitk.Image, kind: str,
+             fixed_mask: sitk.Image | None) -> sitk.Euler3DTransform:
+    """Initial Euler3D transform centred on the fixed mask (or image) centre."""
+    if fixed_mask is not None:
+        lab = sitk.LabelShapeStatisticsImageFilter()
+        lab.Execute(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8))
+        centre = np.asarray(lab.GetCentroid(1))
+    else:
+        size = np.asarray(fixed.GetSize(), dtype=float)
+        centre = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(list((size - 1) / 2)))
+    t = sitk.Euler3DTransform()
+    t.SetCenter([float(c) for c in centre])
+    if kind == "moments":
+        mi = sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(),
+            sitk.CenteredTransformInitializerFilter.MOMENTS)
+        off = np.asarray(mi.TransformPoint([0.0, 0.0, 0.0]))
+        t.SetTranslation([float(v) for v in off])
+    return t
+
+
+def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None,
+              moving_mask: sitk.Image | None, p: RigidParams) -> RegistrationResult:
+    t0 = time.perf_counter()
+    fx = sitk.Cast(fixed, sitk.sitkFloat32)
+    mv = sitk.Cast(moving, sitk.sitkFloat32)
+    fm = None if fixed_mask is None else sitk.Cast(fixed_mask > 0, sitk.sitkUInt8)
+    mm = None if moving_mask is None else sitk.Cast(moving_mask > 0, sitk.sitkUInt8)
+    inits = ["physical", "moments"] if p.init == "auto" else [p.init]
+    starts = {kind: _initial(fx, mv, kind, fm) for kind in inits}
+    if fm is not None:
+        fx, fm = _bbox_crop(fx, fm, p.crop_margin_mm)
+    n = len(p.level_spacing_mm)
+    levels_f = [_level(fx, p.level_spacing_mm[i], p.smoothing_mm[i]) for i in range(n)]
+    levels_m = [_level(mv, p.level_spacing_mm[i], p.smoothing_mm[i]) for i in range(n)]
+    levels_fm = [None if fm is None else _level(fm, p.level_spacing_mm[i], 0, True)
+                 for i in range(n)]
+
+    iters: list[int] = []
+    best: tuple[float, str, sitk.Transform] | None = None
+    for kind in inits:
+        t = starts[kind]
+        reg = _method(p, 0, levels_fm[0], mm)
+        reg.SetInitialTransform(t, inPlace=True)
+        reg.Execute(levels_f[0], levels_m[0])
+        val = reg.GetMetricValue()
+        if best is None or val < best[0]:
+            best = (val, kind, t)
+            first_iters = reg.GetOptimizerIteration()
+    assert best is not None
+    metric, init_kind, current = best
+    iters.append(first_iters)
+    stop = ""
+    stages: list[str] = ["rigid"] + (["affine"] if p.transform == "affine" else [])
+    for stage in stages:
+        start = 1 if stage == "rigid" else max(0, n - 2)
+        if stage == "affine":
+            aff = sitk.AffineTransform(3)
+            e = current
+            assert isinstance(e, sitk.Euler3DTransform)
+            aff.SetCenter(e.GetCenter())
+            aff.SetMatrix(e.GetMatrix())
+            aff.SetTranslation(e.GetTranslation())
+            current = aff
+        for lvl in range(start, n):
+            reg = _method(p, lvl, levels_fm[lvl], mm)
+            reg.SetInitialTransform(current, inPlace=True)
+            reg.Execute(levels_f[lvl], levels_m[lvl])
+            metric = reg.GetMetricValue()
+            iters.append(reg.GetOptimizerIteration())
+            stop = reg.GetOptimizerStopConditionDescription()
+    current.SetParameters([float(v) for v in np.round(current.GetParameters(), p.round_decimals)])
+    return RegistrationResult(transform=current, metric=float(metric), init=init_kind,
+                              iterations=iters, stop=stop,
+                              seconds=time.perf_counter() - t0, backend="sitk")
+
+
+def _to_ants(img: sitk.Image):  # noqa: ANN202 - ants has no type hints
+    import ants
+
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)
+    return ants.from_numpy(arr, origin=list(img.GetOrigin()), spacing=list(img.GetSpacing()),
+                           direction=np.asarray(img.GetDirection()).reshape(3, 3))
+
+
+def _run_ants(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None,
+              moving_mask: sitk.Image | None, p: RigidParams) -> RegistrationResult:
+    import ants
+
+    t0 = time.perf_counter()
+    kind = p.ants_type or ("Rigid" if p.transform == "rigid" else "Affine")
+    os.environ["ANTS_RANDOM_SEED"] = str(p.seed)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    fa = _to_ants(sitk.Cast(fixed, sitk.sitkFloat32))
+    ma = _to_ants(sitk.Cast(moving, sitk.sitkFloat32))
+    kw = {}
+    if fixed_mask is not None:
+        kw["mask"] = _to_ants(sitk.Cast(fixed_mask > 0, sitk.sitkFloat32))
+    if moving_mask is not None:
+        kw["moving_mask"] = _to_ants(sitk.Cast(moving_mask > 0, sitk.sitkFloat32))
+    with tempfile.TemporaryDirectory(prefix="mri_safety_ants_") as tmp:
+        out = ants.registration(fa, ma, type_of_transform=kind,
+                                outprefix=os.path.join(tmp, "reg_"), **kw)
+        tf = read_transform(out["fwdtransforms"][0])
+    t = to_affine_transform(tf)
+    return RegistrationResult(transform=t, metric=float("nan"), init="ants",
+                              seconds=time.perf_counter() - t0, backend="ants")
+
+
+def register(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None = None,
+             moving_mask: sitk.Image | None = None,
+             params: RigidParams | None = None) -> RegistrationResult:
+    """Register ``moving`` (follow-up) to ``fixed`` (baseline); rigid by default.
+
+    ``fixed_mask`` (baseline brain or intracranial mask, same grid as ``fixed``)
+    restricts the metric and the cropped region; ``moving_mask`` optionally
+    restricts the moving side. The images may differ in grid, slice thickness,
+    orientation and dimensionality of acquisition (2D slab vs 3D).
+    """
+    p = params or RigidParams()
+    n = len(p.level_spacing_mm)
+    if not (len(p.smoothing_mm) == len(p.sampling_fraction) == len(p.step_mm)
+            == len(p.min_step_mm) == n):
+        raise ValueError("RigidParams: per-level tuples must have the same length")
+    if fixed.GetDimension() != 3 or moving.GetDimension() != 3:
+        raise ValueError("register: fixed and moving must be 3D images")
+    if fixed_mask is not None and (fixed_mask.GetSize() != fixed.GetSize()):
+        raise ValueError("register: fixed_mask must be on the fixed image grid")
+    if p.backend == "ants":
+        return _run_ants(fixed, moving, fixed_mask, moving_mask, p)
+    if p.backend != "sitk":
+        raise ValueError(f"unknown registration backend {p.backend!r}")
+    return _run_sitk(fixed, moving, fixed_mask, moving_mask, p)
+
+
+def resample(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform,
+             interpolator: int = sitk.sitkLinear, default: float = 0.0,
+             pixel_type: int | None = None) -> sitk.Image:
+    """Resample ``moving`` onto the ``reference`` grid through ``transform`` (reference -> moving).
+
+    Use ``sitk.sitkNearestNeighbor`` for label images. Output pixel type defaults
+    to float32 for intensity interpolators and the input type for nearest neighbour.
+    """
+    if pixel_type is None:
+        pixel_type = (moving.GetPixelID() if interpolator == sitk.sitkNearestNeighbor
+                      else sitk.sitkFloat32)
+    return sitk.Resample(moving, reference, transform, interpolator, default, pixel_type)
