@@ -99,9 +99,10 @@ def local_cluster(
     )
 
 
-def batch_cluster(profile: BatchProfile, **kwargs: Any) -> Any:
+def batch_cluster(profile: BatchProfile, *, adaptive: bool = True, **kwargs: Any) -> Any:
     """A dask-jobqueue cluster (SLURM/PBS/SGE) for ``profile``, scaled
-    adaptively between ``min_jobs`` and ``max_jobs``."""
+    adaptively between ``min_jobs`` and ``max_jobs`` (``adaptive=False``:
+    the caller scales it; adaptive scaling would cancel idle jobs)."""
     import dask_jobqueue
 
     cls = {
@@ -140,5 +141,6 @@ def batch_cluster(profile: BatchProfile, **kwargs: Any) -> Any:
         interface=profile.interface,
         **kwargs,
     )
-    cluster.adapt(minimum_jobs=profile.min_jobs, maximum_jobs=profile.max_jobs)
+    if adaptive:
+        cluster.adapt(minimum_jobs=profile.min_jobs, maximum_jobs=profile.max_jobs)
     return cluster

@@ -70,7 +70,7 @@ def test_slurm_stages_identical_to_local(slurm, tmp_path):
 
     profile = BatchProfile(system="slurm", cores=1, memory="3GiB", walltime="00:20:00",
                            min_jobs=0, max_jobs=2, log_directory=str(tmp_path / "logs"))
-    with batch_cluster(profile) as cluster, Client(cluster) as client:
+    with batch_cluster(profile, adaptive=False) as cluster, Client(cluster) as client:
         cluster.scale(jobs=2)
         client.wait_for_workers(2, timeout=180)
         job_ids = set(client.run(lambda: os.environ.get("SLURM_JOB_ID")).values())
@@ -86,3 +86,42 @@ def test_slurm_stages_identical_to_local(slurm, tmp_path):
         assert any(k.endswith(".nii.gz") for k in da)
         assert da == db
         assert stable_manifest(a.manifest) == stable_manifest(b.manifest)
+
+
+@pytest.mark.slow
+def test_slurm_pipeline_identical_to_local(slurm, tmp_path):
+    """The trial pipeline (convert -> qc -> compare -> evidence) on SLURM
+    workers gives the same image outputs and candidate lists as locally."""
+    import shutil
+
+    from distributed import Client
+
+    from mri_safety.synth import synth_main
+    from pipelines.cluster import BatchProfile, batch_cluster, local_cluster
+    from pipelines.trial import run_trial
+
+    full = tmp_path / "synth"
+    synth_main(full, 1, 0, "small")
+    trial = tmp_path / "trial"
+    for series in (full / "dicom").glob("*/*/02_FLAIR"):
+        shutil.copytree(series, trial / "dicom" / series.relative_to(full / "dicom"))
+    enrol = full / "enrolment.csv"
+    secret = b"slurm-test-secret-0123456789abcd"
+
+    profile = BatchProfile(system="slurm", cores=1, memory="3GiB", walltime="00:30:00",
+                           max_jobs=2, log_directory=str(tmp_path / "logs"))
+    with batch_cluster(profile, adaptive=False) as cluster, Client(cluster) as client:
+        cluster.scale(jobs=2)
+        client.wait_for_workers(2, timeout=180)
+        on_slurm = run_trial(trial / "dicom", tmp_path / "slurm", client, secret=secret,
+                             enrolment=enrol)
+    with local_cluster(n_workers=2) as cluster, Client(cluster) as client:
+        local = run_trial(trial / "dicom", tmp_path / "local", client, secret=secret,
+                          enrolment=enrol)
+    assert on_slurm.visits == local.visits
+    assert on_slurm.computed == local.computed == {"convert": 3, "qc": 3, "compare": 3,
+                                                   "evidence": 3}
+    assert _tree_digest(tmp_path / "slurm" / "work") == _tree_digest(tmp_path / "local" / "work")
+    for v in (tmp_path / "local" / "visits").rglob("visit_summary.json"):
+        other = tmp_path / "slurm" / v.relative_to(tmp_path / "local")
+        assert other.read_text() == v.read_text()
