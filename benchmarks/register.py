@@ -45,6 +45,7 @@ def make_pair(out: Path) -> None:
 
     from mri_safety.dicom.series import load_series_dir
     from mri_safety.dicom.volume import convert_series
+    from mri_safety.register.simulate import known_motion
     from mri_safety.register.transforms import nib_to_sitk
 
     groups = load_series_dir(DATA / "dicom" / "brain-t1-3d" / "dicoms")
@@ -55,23 +56,10 @@ def make_pair(out: Path) -> None:
     head = sitk.OtsuThreshold(img, 0, 1)
     lab = sitk.LabelShapeStatisticsImageFilter()
     lab.Execute(head)
-    s = sitk.Euler3DTransform()
-    s.SetCenter(lab.GetCentroid(1))
-    s.SetRotation(*[float(np.deg2rad(r)) for r in (7.0, -4.0, 3.0)])
-    s.SetTranslation((10.0, -6.0, 4.0))
-    mv = sitk.Resample(img, img, s, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(mv).astype(np.float64)
-    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in arr.shape], indexing="ij")
-    field = np.exp(0.3 * np.sin(np.pi * x) * np.cos(2 * z) + 0.2 * y)
-    rng = np.random.default_rng(1234)
-    sig = 0.03 * np.percentile(arr[arr > 0], 90)
-    noisy = np.sqrt((arr * field + rng.normal(0, sig, arr.shape)) ** 2
-                    + rng.normal(0, sig, arr.shape) ** 2).astype(np.float32)
-    out_mv = sitk.GetImageFromArray(noisy)
-    out_mv.CopyInformation(mv)
+    out_mv, true = known_motion(img, lab.GetCentroid(1))
     sitk.WriteImage(img, str(out / "baseline.nii.gz"))
     sitk.WriteImage(out_mv, str(out / "followup.nii.gz"))
-    sitk.WriteTransform(s.GetInverse(), str(out / "true.tfm"))
+    sitk.WriteTransform(true, str(out / "true.tfm"))
 
 
 def run_method(method: str, workdir: Path, threads: int) -> dict[str, float | str]:

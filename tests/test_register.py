@@ -22,6 +22,7 @@ from mri_safety.preprocess.bias import n4_correct
 from mri_safety.preprocess.masks import brain_masks
 from mri_safety.register.halfway import half_transform, to_halfway
 from mri_safety.register.rigid import RigidParams, register, resample
+from mri_safety.register.simulate import known_motion as known_motion_of
 from mri_safety.register.transforms import (
     affine_matrix,
     apply_to_points,
@@ -65,23 +66,9 @@ def mask_centroid(mask: sitk.Image) -> tuple[float, float, float]:
 def known_motion() -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
     """(3D follow-up, thick-slice follow-up, true fixed->moving transform)."""
     img, _, mask = brain_1mm()
-    s = sitk.Euler3DTransform()
-    s.SetCenter(mask_centroid(mask))
-    s.SetRotation(*[float(np.deg2rad(r)) for r in TRUE_ROT_DEG])
-    s.SetTranslation(TRUE_SHIFT_MM)
-    # moving voxel y shows baseline point S(y): a baseline point x sits at S^-1(x)
-    mv = sitk.Resample(img, img, s, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(mv).astype(np.float64)
-    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in arr.shape], indexing="ij")
-    field = np.exp(0.3 * np.sin(np.pi * x) * np.cos(2 * z) + 0.2 * y)
-    rng = np.random.default_rng(1234)
-    sig = 0.03 * np.percentile(arr[arr > 0], 90)
-    noisy = np.sqrt((arr * field + rng.normal(0, sig, arr.shape)) ** 2
-                    + rng.normal(0, sig, arr.shape) ** 2).astype(np.float32)
-    mvn = sitk.GetImageFromArray(noisy)
-    mvn.CopyInformation(mv)
+    mvn, true = known_motion_of(img, mask_centroid(mask), TRUE_ROT_DEG, TRUE_SHIFT_MM)
     thick = sitk.BinShrink(mvn, [1, 1, 4])  # mean of 4 x 1 mm slices = a 4 mm slab
-    return mvn, thick, s.GetInverse()
+    return mvn, thick, true
 
 
 def tre(t_est: sitk.Transform, t_true: sitk.Transform, mask: sitk.Image) -> tuple[float, float]:
