@@ -22,12 +22,12 @@ console = Console(stderr=True)
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
+    """Console shows warnings (info with -v); the run log file, when added,
+    gets info. Handler levels matter: Dask's loggers set their own levels."""
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler],
+                        force=True)
 
 
 @app.callback()
@@ -138,6 +138,7 @@ def _run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     handler = logging.FileHandler(out / "logs" / "run.log")
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     cfg = load_config(config)
