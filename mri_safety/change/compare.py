@@ -1,0 +1,472 @@
+"""Compare a follow-up with its baseline: z-map, ranked candidate new abnormalities.
+
+Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
+``[i, j, k]`` in the BASELINE voxel space; world positions reported in RAS+ mm):
+
+1. brain mask of the baseline (:mod:`mri_safety.change.masks`), N4 bias
+   correction of both visits (:func:`mri_safety.preprocess.bias.n4_correct`);
+2. rigid registration of the follow-up to the baseline
+   (:func:`mri_safety.register.rigid.register`; rigid on purpose: a deformable
+   warp would register new lesions away);
+3. slice-profile matching (:mod:`mri_safety.change.resolution`): the sharper
+   acquisition is degraded to the coarser profile; the effective resolution is
+   recorded (reduced sensitivity for lesions smaller than it);
+4. follow-up resampled on the baseline grid, both smoothed at the lesion scale,
+   intensity-normalised (linear fit of brain quantiles, then divided by the
+   baseline tissue median);
+5. difference, low-frequency offset removal, noise model
+   ``var = s0^2 + (delta * |grad|)^2`` (:mod:`mri_safety.change.zmap`), z-map;
+6. hysteresis + 26-connected components + minimum volume (mm3 and resolution
+   elements) on both signs; FLAIR/T2 increases must also be lesion-like
+   (follow-up above ``hyper_ratio`` x tissue median); for T1w/SWI/... the
+   baseline must be normal tissue (not a small bright vessel or fat);
+   candidates mostly outside the parenchyma count from a collection-size volume;
+7. evidence = |peak z| (+ bonus per agreeing extra contrast, - penalties for an
+   adjacent opposite-sign candidate and for baseline-edge-dominated noise); score =
+   logistic(evidence - z_review) in [0, 1]; ``flagged`` when score >= 0.5 and
+   the sign is a reportable finding for the contrast. ``z_review`` is a
+   Bonferroni threshold over resolution elements at ``review_fwe_alpha``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from mri_safety.change.candidates import Component, extract, label_map
+from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
+from mri_safety.change.params import DetectParams, load_params
+from mri_safety.change.resolution import match_profiles
+from mri_safety.change.zmap import (
+    gradient_magnitude,
+    local_robust_sd,
+    noise_model,
+    remove_low_frequency,
+    review_threshold,
+)
+from mri_safety.preprocess.bias import n4_correct
+from mri_safety.register.rigid import RigidParams, register
+from mri_safety.register.transforms import sitk_affine_ras
+
+log = logging.getLogger(__name__)
+
+#: candidate type and whether it is reported (flaggable) per contrast and sign
+FINDINGS: dict[str, dict[int, tuple[str, bool]]] = {
+    "flair": {1: ("new_t2_hyperintensity", True), -1: ("t2_signal_decrease", False)},
+    "t2w": {1: ("new_t2_hyperintensity", True), -1: ("t2_signal_decrease", False)},
+    "t1w": {1: ("t1_signal_increase", True), -1: ("t1_signal_decrease", True)},
+    "t1ce": {1: ("new_enhancement", True), -1: ("t1_signal_decrease", False)},
+    "dwi": {1: ("new_restricted_diffusion", True), -1: ("dwi_signal_decrease", False)},
+    "adc": {1: ("adc_increase", False), -1: ("adc_decrease", True)},
+    "swi": {1: ("swi_signal_increase", False), -1: ("new_dark_focus", True)},
+    "t2starw": {1: ("t2star_signal_increase", False), -1: ("new_dark_focus", True)},
+}
+LESION_LIKE = {"flair", "t2w", "dwi"}
+REVIEW_SCORE = 0.5
+
+
+@dataclass
+class ZPair:
+    """Intermediate results of one contrast pair on the baseline grid."""
+
+    z: NDArray[np.float32]
+    base: NDArray[np.float32]          # normalised baseline (tissue median = 1)
+    fu: NDArray[np.float32]            # normalised follow-up in baseline space
+    brain: NDArray[np.bool_]           # search region (intracranial, covered by both)
+    parenchyma: NDArray[np.bool_]      # brain mask (parenchyma + ventricles), covered
+    tissue: NDArray[np.bool_]
+    baseline_bright: NDArray[np.bool_]  # vessel/fat-bright at baseline (+2 mm)
+    followup_bright: NDArray[np.bool_]  # small bright structures of the follow-up (+2 mm)
+    edge_frac: NDArray[np.float32]     # share of the modelled variance due to edges
+    followup_in_baseline: sitk.Image   # raw follow-up resampled (linear) on the baseline grid
+    transform: sitk.Transform          # baseline -> follow-up points (LPS mm)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChangeResult:
+    """Outcome of :func:`detect_pair`: candidates + maps on the baseline grid."""
+
+    candidates: list[dict[str, Any]]
+    labels: NDArray[np.int32]
+    z: NDArray[np.float32]
+    followup_in_baseline: sitk.Image
+    baseline: sitk.Image
+    registration: dict[str, Any]
+    parameters: dict[str, Any]
+    components: list[Component] = field(default_factory=list)
+
+
+def _ncc(a: NDArray[np.floating], b: NDArray[np.floating], m: NDArray[np.bool_]) -> float:
+    x = np.asarray(a, np.float64)[m]
+    y = np.asarray(b, np.float64)[m]
+    x = x - x.mean()
+    y = y - y.mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 0 else 0.0
+
+
+def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
+           brain: NDArray[np.bool_] | None = None) -> ZPair:
+    """Steps 1-5 of the module docstring for one contrast; see :class:`ZPair`."""
+    t0 = time.perf_counter()
+    base = sitk.Cast(baseline, sitk.sitkFloat32)
+    fu = sitk.Cast(followup, sitk.sitkFloat32)
+    sp = tuple(float(s) for s in base.GetSpacing())
+    base_n4, _ = n4_correct(base)
+    fu_n4, _ = n4_correct(fu)
+    mask_method = "given"
+    if brain is None:
+        brain, icv, mask_method = brain_mask(base_n4)
+    else:
+        icv = dilate_mm(brain, 3.0, sp)
+    if brain.sum() < 1000:
+        raise ValueError("baseline brain mask has fewer than 1000 voxels")
+    t_prep = time.perf_counter() - t0
+    reg_mask = img_like(dilate_mm(brain, 5.0, sp).astype(np.uint8), base)
+    reg = register(base_n4, fu_n4, fixed_mask=reg_mask,
+                   params=RigidParams(threads=p.registration_threads, seed=p.seed))
+    tx = reg.transform
+    b_deg, f_deg, res_info = match_profiles(base_n4, fu_n4, tx)
+    f_res = sitk.Resample(f_deg, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    cover = sitk.Resample(sitk.Cast(fu * 0 + 1, sitk.sitkFloat32), base, tx, sitk.sitkLinear,
+                          0.0, sitk.sitkFloat32)
+    b = arr(b_deg)
+    f = arr(f_res)
+    b_sharp = arr(base_n4)
+    # follow-up field of view, minus 5 mm (interpolation and 2D slab-edge fall-off)
+    frame = np.zeros(arr(cover).shape, bool)
+    frame[1:-1, 1:-1, 1:-1] = True  # baseline's own field-of-view edge (2D slab edges)
+    covered = erode_mm((arr(cover) > 0.999) & frame, 5.0, sp)
+    if p.smooth_mm > 0:
+        sig = [p.smooth_mm / s for s in sp]
+        b = ndi.gaussian_filter(b, sig, mode="nearest")
+        f = ndi.gaussian_filter(f, sig, mode="nearest")
+    # search region: intracranial (extra-axial collections are findings, the brain
+    # boundary is never blanket-suppressed); noise and intensity fits use the brain
+    search = icv & covered
+    # tissue: brain minus its outer 2 mm and minus dark CSF, for the intensity and noise fits
+    inner = erode_mm(brain, 2.0, sp) & covered
+    med0 = float(np.median(b[inner]))
+    tissue = inner & (b > 0.5 * med0)
+    if tissue.sum() < 1000:
+        raise ValueError("too little overlap between follow-up and baseline brain")
+    qs = np.linspace(5, 95, 19)
+    qb = np.percentile(b[tissue], qs)
+    qf = np.percentile(f[tissue], qs)
+    slope, icpt = np.polyfit(qf, qb, 1)
+    f = (slope * f + icpt).astype(np.float32)
+    scale = float(np.median(b[tissue]))
+    b = (b / scale).astype(np.float32)
+    # structures bright at baseline (vessels with inflow enhancement, fat),
+    # grown by 2 mm: their change between visits is flow / partial volume, not new tissue
+    # small bright structures: white top-hat over ~6 mm above 15 % of the tissue median
+    bs = b_sharp / float(np.median(b_sharp[tissue]))
+    size = [max(1, int(round(6.0 / s))) | 1 for s in sp]
+    tophat = bs - ndi.grey_opening(bs, size=size)
+    bright = dilate_mm((bs > np.percentile(bs[tissue], 99.5) * 1.1) | (tophat > 0.15), 2.0, sp)
+    f_sharp = arr(sitk.Resample(fu_n4, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    fs = f_sharp / max(float(np.median(f_sharp[tissue])), 1e-6)
+    fu_bright = dilate_mm(fs - ndi.grey_opening(fs, size=size) > 0.15, 2.0, sp)
+    f = (f / scale).astype(np.float32)
+    d = f - b
+    g_b = gradient_magnitude(b, sp)
+    g = np.maximum(g_b, gradient_magnitude(f, sp))
+    d = remove_low_frequency(d, tissue, 25.0, sp)
+    model = noise_model(d, g, tissue, delta_mm=p.edge_misregistration_mm)
+    # total noise SD: the edge model, or the local robust SD of the change where the
+    # real scan-rescan differences are larger than the model says (never smaller)
+    sd = np.maximum(model.sd(g), local_robust_sd(d, search, 20.0, sp))
+    z = np.where(search, d / sd, 0.0).astype(np.float32)
+    # share of the noise variance due to BASELINE edges (a new lesion makes follow-up
+    # edges, so only the baseline's count as pre-existing interfaces)
+    edge_frac = ((model.delta_mm * g_b) ** 2 / np.maximum(sd ** 2, 1e-12)).astype(np.float32)
+    ncc = _ncc(b, f, tissue)
+    status = "ok"
+    if ncc < 0.5 or model.delta_mm > 2.0:
+        status = "fail"
+    elif ncc < 0.8 or model.delta_mm > 1.0:
+        status = "warn"
+    f_raw = sitk.Resample(fu, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    info = {
+        "mask_method": mask_method,
+        "resolution": res_info,
+        "noise": {"s0": round(model.s0, 5), "delta_mm": round(model.delta_mm, 4)},
+        "registration": {
+            "method": f"rigid ({reg.backend}, Mattes MI)", "metric": round(reg.metric, 5),
+            "init": reg.init, "ncc_brain": round(ncc, 4),
+            "residual_misregistration_mm": round(model.delta_mm, 4),
+            "quality": round(max(0.0, ncc), 4), "status": status,
+            "seconds": round(reg.seconds, 2)},
+        "seconds_preprocess": round(t_prep, 2),
+    }
+    return ZPair(z=z, base=b, fu=f, brain=search, parenchyma=brain & covered, tissue=tissue,
+                 edge_frac=edge_frac, baseline_bright=bright, followup_bright=fu_bright,
+                 followup_in_baseline=f_raw, transform=tx, info=info)
+
+
+def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float32],
+              affine: NDArray[np.float64], region: str) -> dict[str, Any]:
+    ijk = tuple(int(round(v)) for v in c.centroid_voxel)
+    ijk = tuple(min(max(0, v), s - 1) for v, s in zip(ijk, brain.shape, strict=True))
+    inside = bool(brain[ijk])
+    dep = float(depth_mm[ijk]) if inside else 0.0
+    if not inside:
+        tissue = "outside_brain_parenchyma"
+    elif dep < 4.0:
+        tissue = "cortical_or_juxtacortical"
+    else:
+        tissue = "deep"
+    centre = np.argwhere(brain).mean(axis=0)
+    x_c = float((affine[:3, :3] @ centre + affine[:3, 3])[0])
+    side = "right" if c.centroid_ras_mm[0] > x_c else "left"
+    return {"region": region, "tissue": tissue, "side": side,
+            "depth_from_brain_surface_mm": round(dep, 1)}
+
+
+def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "flair",
+                region: str = "brain", params: DetectParams | None = None,
+                extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None) -> ChangeResult:
+    """Detect candidate new abnormalities of ``followup`` relative to ``baseline``.
+
+    ``extra``: further (baseline, follow-up, contrast) pairs; their z-maps are
+    brought to the main baseline grid and a candidate whose mean z (same sign)
+    there reaches ``extra_contrast_z`` gains ``extra_contrast_bonus`` evidence.
+    """
+    p = params or load_params()
+    c = contrast.lower()
+    if c not in FINDINGS:
+        raise ValueError(f"unknown contrast {contrast!r}; expected one of {sorted(FINDINGS)}")
+    t0 = time.perf_counter()
+    zp = z_pair(baseline, followup, p)
+    base = sitk.Cast(baseline, sitk.sitkFloat32)
+    sp = tuple(float(s) for s in base.GetSpacing())
+    aff = sitk_affine_ras(base)
+    allowed_pos = zp.brain.copy()
+    allowed_neg = zp.brain.copy()
+    if c in LESION_LIKE:
+        allowed_pos &= zp.fu >= p.hyper_ratio
+    else:
+        # T1w/SWI/...: a new focus arises in tissue of normal baseline intensity; changes of
+        # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)
+        # are flow/partial-volume artefacts, not new findings
+        lo, hi = np.percentile(zp.base[zp.tissue], [p.normal_range_pct, 100 - p.normal_range_pct])
+        normal = (zp.base >= lo) & (zp.base <= hi) & ~zp.baseline_bright
+        allowed_pos &= normal
+        allowed_neg &= normal
+        if c == "t1w":
+            # without contrast agent, a small new T1-bright focus is almost always inflow in
+            # a vessel (haemorrhage is judged on T2*/SWI); post-contrast (t1ce) keeps them
+            allowed_pos &= ~zp.followup_bright
+    # a candidate must span at least min_resels resolution elements of the matched
+    # acquisitions (effective voxel after profile matching, at least the smoothing FWHM)
+    eff = [max(float(v), 2.3548 * p.smooth_mm)
+           for v in zp.info["resolution"]["effective_resolution_mm"]]
+    min_vol = max(p.min_volume_mm3, p.min_resels * float(np.prod(eff)))
+    comps = extract(zp.z, aff, p.z_low, p.z_seed, min_vol,
+                    allowed_pos=allowed_pos, allowed_neg=allowed_neg)
+    z_review = review_threshold(int(zp.brain.sum()), sp, p.smooth_mm, p.review_fwe_alpha)
+    extra_z: list[tuple[str, NDArray[np.float32]]] = []
+    extra_info = []
+    for eb, ef, name in extra or []:
+        try:
+            ez = z_pair(eb, ef, p)
+            # extra baseline -> main baseline (rigid), then its z onto the main grid
+            r = register(base, sitk.Cast(eb, sitk.sitkFloat32),
+                         fixed_mask=img_like(dilate_mm(zp.brain, 5.0, sp).astype(np.uint8), base),
+                         params=RigidParams(threads=p.registration_threads, seed=p.seed))
+            zimg = sitk.Resample(img_like(ez.z, eb), base, r.transform, sitk.sitkLinear, 0.0,
+                                 sitk.sitkFloat32)
+            extra_z.append((name.lower(), arr(zimg)))
+            extra_info.append({"contrast": name.lower(), "registration": ez.info["registration"],
+                               "noise": ez.info["noise"]})
+        except (ValueError, RuntimeError) as e:
+            log.warning("extra contrast %s skipped: %s", name, e)
+            extra_info.append({"contrast": name.lower(), "error": str(e)})
+    depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
+    reg_status = zp.info["registration"]["status"]
+    cands: list[dict[str, Any]] = []
+    flat_edge = zp.edge_frac.ravel()
+    # dipoles: an increase next to a decrease of the other sign is the signature of
+    # local misregistration / tissue shift (e.g. brain sag with patient position)
+    near: dict[int, NDArray[np.bool_]] = {}
+    for sgn in (1, -1):
+        m = np.zeros(zp.z.size, bool)
+        for comp in comps:
+            if comp.sign == sgn:
+                m[comp.voxels] = True
+        m3 = m.reshape(zp.z.shape)
+        # within dipole_mm or in a neighbouring voxel (thick slices are further apart)
+        near[sgn] = (dilate_mm(m3, p.dipole_mm, sp)
+                     | ndi.binary_dilation(m3, structure=np.ones((3, 3, 3), bool))).ravel()
+    for comp in comps:
+        ctype, reportable = FINDINGS[c][comp.sign]
+        loc = _location(comp, zp.parenchyma, depth, aff, region)
+        inside = np.asarray(zp.parenchyma.ravel()[comp.voxels], bool)
+        extra_axial = float(inside.mean()) < 0.5
+        if extra_axial:
+            # outside the parenchyma, inside the intracranial mask: only a collection of
+            # clinically relevant size counts (vessels/sinuses with variable flow live here)
+            ctype = "extra_axial_change"
+            loc["tissue"] = "extra_axial"
+            if comp.volume_mm3 < p.extra_axial_min_volume_mm3:
+                reportable = False
+        contrasts = [c]
+        reasons = [f"peak z {abs(comp.peak_z):.1f} vs review threshold {z_review:.2f}"]
+        evidence = abs(comp.peak_z)
+        for name, ezm in extra_z:
+            mz = float(comp.sign * ezm.ravel()[comp.voxels].mean())
+            comp.extra[name] = mz
+            if mz >= p.extra_contrast_z:
+                contrasts.append(name)
+                evidence += p.extra_contrast_bonus
+                reasons.append(f"{name} agrees (mean z {mz:.1f})")
+        if bool(near[-comp.sign][comp.voxels].any()):
+            evidence -= p.dipole_penalty
+            reasons.append(f"opposite-sign change within {p.dipole_mm:g} mm (misregistration "
+                           f"or tissue-shift pattern): evidence -{p.dipole_penalty:g}")
+        edge_share = float(flat_edge[comp.voxels].mean())
+        if edge_share > 0.5:
+            evidence -= p.edge_penalty
+            reasons.append(f"at a baseline intensity edge ({100 * edge_share:.0f}% of noise "
+                           f"from misregistration): evidence -{p.edge_penalty:g}")
+        if c in LESION_LIKE and comp.sign > 0:
+            reasons.append("follow-up hyperintense relative to tissue (lesion-like)")
+        if not reportable:
+            reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
+                           if extra_axial else f"sign not reported as a finding for {c}")
+        if reg_status == "fail":
+            reasons.append("registration failed: candidates not reliable")
+        score = float(1.0 / (1.0 + np.exp(-1.5 * (evidence - z_review))))
+        flagged = bool(reportable and score >= REVIEW_SCORE and reg_status != "fail")
+        cands.append({
+            "type": ctype, "flagged": flagged, "score": round(score, 4),
+            "evidence_z": round(evidence, 3),
+            "volume_mm3": round(comp.volume_mm3, 2),
+            "centroid_ras_mm": [round(v, 2) for v in comp.centroid_ras_mm],
+            "centroid_baseline_voxel": [round(v, 2) for v in comp.centroid_voxel],
+            "peak_z": round(comp.peak_z, 3), "mean_z": round(comp.mean_z, 3),
+            "sign": comp.sign,
+            "location": loc,
+            "contrasts": contrasts, "reasons": reasons,
+        })
+    order = sorted(range(len(cands)), key=lambda i: (-cands[i]["score"], -cands[i]["evidence_z"],
+                                                      cands[i]["centroid_baseline_voxel"]))
+    cands = [cands[i] for i in order]
+    comps = [comps[i] for i in order]
+    for n, cd in enumerate(cands, start=1):
+        cd["id"] = n
+    cands = [{"id": cd["id"], **{k: v for k, v in cd.items() if k != "id"}} for cd in cands]
+    labels = label_map(comps, zp.z.shape)
+    registration = dict(zp.info["registration"])
+    parameters = {
+        **p.model_dump(), "contrast": c, "region": region,
+        "z_review": round(z_review, 3), "review_score": REVIEW_SCORE,
+        "min_volume_used_mm3": round(min_vol, 2),
+        "review_rule": ("flagged when logistic(1.5 * (evidence - z_review)) >= 0.5, z_review = "
+                        "one-sided Gaussian quantile at review_fwe_alpha / resels of the search "
+                        "region"),
+        "noise_model": zp.info["noise"], "resolution": zp.info["resolution"],
+        "mask_method": zp.info["mask_method"], "extra_contrasts": extra_info,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return ChangeResult(candidates=cands, labels=labels, z=zp.z,
+                        followup_in_baseline=zp.followup_in_baseline, baseline=base,
+                        registration=registration, parameters=parameters, components=comps)
+
+
+def _nifti(a: NDArray[np.generic], like: sitk.Image) -> nib.Nifti1Image:
+    aff = sitk_affine_ras(like)
+    out = nib.Nifti1Image(np.ascontiguousarray(a), aff)
+    out.set_qform(aff, code=1)
+    out.set_sform(aff, code=1)
+    return out
+
+
+def _load(path: Path) -> sitk.Image:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: file not found")
+    try:
+        img = sitk.ReadImage(str(p), sitk.sitkFloat32)
+    except RuntimeError as e:
+        raise ValueError(f"{p}: cannot read image ({e})") from e
+    if img.GetDimension() != 3:
+        raise ValueError(f"{p}: expected a 3D image, got {img.GetDimension()}D")
+    return img
+
+
+def _drop_seconds(e: dict[str, Any]) -> dict[str, Any]:
+    if "registration" not in e:
+        return e
+    return {**e, "registration": {k: v for k, v in e["registration"].items() if k != "seconds"}}
+
+
+def write_outputs(res: ChangeResult, out: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Write the documented outputs of ``mri-safety compare`` into ``out``; return the JSON dict.
+
+    Times are left out of ``candidates.json`` so two runs give identical files.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    params = {k: v for k, v in res.parameters.items() if k != "seconds"}
+    reg = {k: v for k, v in res.registration.items() if k != "seconds"}
+    params["extra_contrasts"] = [_drop_seconds(e) for e in params.get("extra_contrasts", [])]
+    doc = {"format": "mri-safety candidates v1", "inputs": inputs,
+           "n_flagged": sum(1 for c in res.candidates if c["flagged"]),
+           "candidates": res.candidates, "registration": reg, "parameters": params}
+    (out / "candidates.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    nib.save(_nifti(res.labels.astype(np.int32), res.baseline), str(out / "candidates.nii.gz"))
+    nib.save(_nifti(res.z.astype(np.float32), res.baseline), str(out / "zmap.nii.gz"))
+    nib.save(_nifti(arr(res.followup_in_baseline).astype(np.float32), res.baseline),
+             str(out / "followup_in_baseline.nii.gz"))
+    return doc
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+
+
+def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain",
+                 contrast: str = "flair", extra: list[tuple[Path, Path, str]] | None = None
+                 ) -> dict[str, Any]:
+    """``mri-safety compare``: detect candidates and write ``out``/candidates.json + NIfTI maps.
+
+    Outputs (all maps in the BASELINE image's voxel space, RAS+ affine of the
+    baseline): ``candidates.json`` (``candidates``, ``registration``,
+    ``parameters``), ``candidates.nii.gz`` (int32 labels = candidate id),
+    ``zmap.nii.gz`` (float32 signed z), ``followup_in_baseline.nii.gz``.
+    Bad input raises ``ValueError`` naming the file; a bad extra contrast pair
+    is skipped with a warning and recorded in ``parameters.extra_contrasts``.
+    Returns the JSON document.
+    """
+    if region not in ("brain", "spine"):
+        raise ValueError(f"unknown region {region!r}; expected 'brain' or 'spine'")
+    b = _load(Path(baseline))
+    f = _load(Path(followup))
+    ex: list[tuple[sitk.Image, sitk.Image, str]] = []
+    ex_inputs = []
+    for eb, ef, name in extra or []:
+        try:
+            ex.append((_load(Path(eb)), _load(Path(ef)), name))
+            ex_inputs.append({"baseline": Path(eb).name, "followup": Path(ef).name,
+                              "contrast": name})
+        except ValueError as e:
+            log.warning("extra contrast %s skipped: %s", name, e)
+            ex_inputs.append({"baseline": Path(eb).name, "followup": Path(ef).name,
+                              "contrast": name, "error": str(e)})
+    res = detect_pair(b, f, contrast=contrast, region=region, extra=ex)
+    inputs = {"baseline": Path(baseline).name, "baseline_sha256": _digest(Path(baseline)),
+              "followup": Path(followup).name, "followup_sha256": _digest(Path(followup)),
+              "extra": ex_inputs}
+    return write_outputs(res, Path(out), inputs)

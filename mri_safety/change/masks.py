@@ -1,0 +1,116 @@
+"""Brain masks for change detection.
+
+Uses ``mri_safety.preprocess.masks`` when that module provides ``brain_mask``;
+otherwise a FALLBACK (to be replaced by the preprocessing stage's MNI-based
+masks) built from morphology: Otsu head mask, strip ~6 mm of scalp, keep tissue
+brighter than half the inner median, open by 3 mm to cut bridges to the scalp,
+keep the largest component, dilate back and fill holes slice by slice along
+the thickest voxel axis (ventricles and sulcal CSF are included: extra-axial
+collections must stay in the search region). Distances are world mm (voxel
+spacing respected), arrays are ``[i, j, k]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from mri_safety.preprocess.bias import head_mask
+
+
+def arr(img: sitk.Image) -> NDArray[np.float32]:
+    """SimpleITK image -> numpy ``[i, j, k]`` (NIfTI voxel order)."""
+    return np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))
+
+
+def img_like(a: NDArray[np.generic], like: sitk.Image) -> sitk.Image:
+    """numpy ``[i, j, k]`` -> SimpleITK image with the geometry of ``like``."""
+    out = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(a).transpose(2, 1, 0)))
+    out.CopyInformation(like)
+    return out
+
+
+def erode_mm(m: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]) -> NDArray[np.bool_]:
+    """Erosion by a ball of radius ``r_mm`` (world mm, anisotropic voxels respected)."""
+    if r_mm <= 0:
+        return m.copy()
+    return np.asarray(ndi.distance_transform_edt(m, sampling=spacing) > r_mm)
+
+
+def dilate_mm(m: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]) -> NDArray[np.bool_]:
+    """Dilation by a ball of radius ``r_mm`` (world mm)."""
+    if r_mm <= 0:
+        return m.copy()
+    return np.asarray(ndi.distance_transform_edt(~m, sampling=spacing) <= r_mm)
+
+
+def _largest(m: NDArray[np.bool_], keep_frac: float = 0.02) -> NDArray[np.bool_]:
+    """Largest component plus any component >= ``keep_frac`` of it (e.g. temporal lobes
+    cut off from the rest on thick low slices)."""
+    lab, n = ndi.label(m)
+    if n == 0:
+        return m
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes >= keep_frac * sizes.max())
+    return np.asarray(np.isin(lab, keep[keep > 0]))
+
+
+def fallback_brain_mask(image: sitk.Image) -> NDArray[np.bool_]:
+    """FALLBACK brain mask (``[i, j, k]`` bool) by morphology; see module docstring."""
+    sp = tuple(float(s) for s in image.GetSpacing())
+    a = arr(sitk.Cast(image, sitk.sitkFloat32))
+    head = _fill_slices(arr(head_mask(image)) > 0, int(np.argmax(sp)))
+    inner = erode_mm(head, 6.0, sp)
+    if inner.sum() < 1000:
+        inner = head
+    thr = 0.5 * float(np.median(a[inner]))
+    tissue = head & (a > thr)
+    core = _largest(erode_mm(tissue & inner, 3.0, sp))
+    brain = dilate_mm(core, 3.5, sp) & tissue
+    brain = ndi.binary_closing(brain, iterations=2)
+    return np.asarray(_fill_slices(brain, int(np.argmax(sp))) & head)
+
+
+def _fill_slices(m: NDArray[np.bool_], ax: int) -> NDArray[np.bool_]:
+    """Fill holes in each 2D slice across axis ``ax``."""
+    filled = np.zeros_like(m)
+    for k in range(m.shape[ax]):
+        sl = [slice(None)] * 3
+        sl[ax] = slice(k, k + 1)
+        filled[tuple(sl)] = ndi.binary_fill_holes(m[tuple(sl)].squeeze(ax)).reshape(
+            filled[tuple(sl)].shape)
+    return filled
+
+
+def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_], str]:
+    """``(brain, intracranial, method)`` masks ``[i, j, k]`` of a (bias-corrected) head image.
+
+    Prefers :func:`mri_safety.preprocess.masks.brain_masks` (MNI template fit);
+    if that module is missing or fails, the morphological FALLBACK is used and
+    the intracranial mask is the brain dilated by 3 mm within the head.
+    """
+    try:  # preferred: the preprocessing stage's MNI-based masks
+        import dataclasses
+
+        from mri_safety.preprocess.masks import MaskParams, brain_masks
+
+        # one thread: the multithreaded Mattes metric is not bit-reproducible, and
+        # candidates.json must be identical on two runs
+        mp = MaskParams()
+        mp = dataclasses.replace(mp, registration=dataclasses.replace(mp.registration, threads=1))
+        bm = brain_masks(image, mp)
+        brain = arr(bm.brain) > 0
+        icv = arr(bm.intracranial) > 0
+        if brain.sum() >= 1000:
+            return brain, icv | brain, "preprocess.masks.brain_masks (MNI template)"
+    except ImportError:
+        pass
+    except (ValueError, RuntimeError):  # a failing optional stage must not stop detection
+        pass
+    sp = tuple(float(s) for s in image.GetSpacing())
+    brain = fallback_brain_mask(image)
+    head = arr(head_mask(image)) > 0
+    return brain, (dilate_mm(brain, 3.0, sp) & head) | brain, "fallback_morphology"

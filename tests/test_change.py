@@ -1,0 +1,291 @@
+"""Tests of mri_safety.change: candidate extraction, noise model, geometry, outputs.
+
+Fast tests use constructed arrays / small generated images with known truth;
+real-data tests (patient-positions no-change pairs, longitudinal MS) are slow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import need_data
+from scipy import ndimage as ndi
+from scipy.stats import norm
+
+from mri_safety.change.candidates import extract, hysteresis, label_map, voxel_to_ras
+from mri_safety.change.compare import compare_main, detect_pair
+from mri_safety.change.params import load_params
+from mri_safety.change.zmap import noise_model, review_threshold
+
+
+def _ball(shape: tuple[int, int, int], c: tuple[float, float, float], r: float) -> np.ndarray:
+    g = np.indices(shape).astype(float)
+    return ((g[0] - c[0]) ** 2 + (g[1] - c[1]) ** 2 + (g[2] - c[2]) ** 2) <= r * r
+
+
+def test_extract_blobs_sizes_signs_and_hysteresis() -> None:
+    shape = (40, 40, 40)
+    z = np.zeros(shape, np.float32)
+    big = _ball(shape, (10, 10, 10), 4)          # ~268 voxels, positive
+    small = _ball(shape, (30, 30, 30), 1.0)      # 7 voxels, positive (below min volume)
+    neg = _ball(shape, (10, 30, 20), 3)          # negative
+    weak = _ball(shape, (30, 10, 20), 3)         # above z_low but never reaches the seed
+    z[big] = 8.0
+    z[small] = 9.0
+    z[neg] = -6.0
+    z[weak] = 3.5
+    # a low-z halo attached to the big blob joins it through hysteresis
+    halo = _ball(shape, (10, 10, 10), 5) & ~big
+    z[halo] = 3.2
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    comps = extract(z, aff, z_low=3.0, z_seed=4.0, min_volume_mm3=20.0)
+    assert len(comps) == 2
+    pos = [c for c in comps if c.sign > 0]
+    negs = [c for c in comps if c.sign < 0]
+    assert len(pos) == 1 and len(negs) == 1
+    assert pos[0].volume_mm3 == pytest.approx(float((big | halo).sum()))
+    assert pos[0].peak_z == pytest.approx(8.0)
+    assert negs[0].peak_z == pytest.approx(-6.0)
+    assert negs[0].volume_mm3 == pytest.approx(float(neg.sum()))
+    assert np.allclose(pos[0].centroid_voxel, (10, 10, 10), atol=1e-6)
+    # ranking: larger |peak| first
+    assert abs(comps[0].peak_z) >= abs(comps[1].peak_z)
+    # hysteresis alone: the weak blob is dropped, the seeded one kept
+    lab, n = hysteresis(z, 3.0, 4.0)
+    assert n == 2 and lab[30, 10, 20] == 0 and lab[10, 10, 10] > 0
+
+
+def test_noise_model_on_pure_noise_matches_false_positive_rate() -> None:
+    rng = np.random.default_rng(1)
+    shape = (80, 80, 60)
+    sigma = 0.05
+    d = rng.normal(0, sigma, shape).astype(np.float32)
+    g = np.abs(rng.normal(0, 1, shape)).astype(np.float32)
+    mask = np.ones(shape, bool)
+    m = noise_model(d, g, mask)
+    assert m.s0 == pytest.approx(sigma, rel=0.03)
+    assert m.delta_mm < 0.01  # no edge term in pure noise
+    z = d / m.sd(g)
+    for t in (2.0, 3.0):
+        assert np.mean(z > t) == pytest.approx(norm.sf(t), rel=0.15)
+    # with an edge term: variance grows with gradient as modelled
+    d2 = d + rng.normal(0, 1, shape).astype(np.float32) * 0.5 * g * 0.1
+    m2 = noise_model(d2, g, mask)
+    assert m2.delta_mm == pytest.approx(0.05, rel=0.25)
+
+
+def test_review_threshold_controls_noise_clusters() -> None:
+    """On smoothed pure noise, clusters flagged at z_review stay near alpha per volume."""
+    rng = np.random.default_rng(7)
+    shape = (96, 96, 48)
+    sp = (1.0, 1.0, 2.0)
+    alpha = 0.5
+    thr = review_threshold(int(np.prod(shape)), sp, 1.0, alpha)
+    assert 3.5 < thr < 6.0
+    n_flag = 0
+    for _ in range(4):
+        e = ndi.gaussian_filter(rng.normal(size=shape), [1.0 / s for s in sp], mode="wrap")
+        z = e / e.std()
+        comps = extract(z, np.diag([*sp, 1.0]), 3.0, thr, 0.0, signs=(1,))
+        n_flag += len(comps)
+    assert n_flag / 4 <= alpha + 0.5
+
+
+def test_centroid_world_ras_on_oblique_affine() -> None:
+    rot = sitk.Euler3DTransform((0, 0, 0), 0.3, -0.2, 0.5).GetMatrix()
+    r = np.asarray(rot).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = r @ np.diag([0.8, 0.9, 3.0])
+    aff[:3, 3] = (-40.0, 12.5, 7.0)
+    z = np.zeros((30, 30, 12), np.float32)
+    blob = _ball(z.shape, (12, 17, 5), 3)
+    z[blob] = 7.0
+    comps = extract(z, aff, 3.0, 4.0, 0.0)
+    assert len(comps) == 1
+    c = comps[0]
+    cen = np.argwhere(blob).mean(axis=0)
+    expect = aff[:3, :3] @ cen + aff[:3, 3]
+    assert np.allclose(c.centroid_ras_mm, expect, atol=1e-4)
+    assert np.allclose(voxel_to_ras(aff, np.array([0.0, 0, 0])), aff[:3, 3])
+    assert c.volume_mm3 == pytest.approx(blob.sum() * 0.8 * 0.9 * 3.0, rel=1e-6)
+    lab = label_map(comps, z.shape)
+    assert set(np.unique(lab)) == {0, 1} and np.array_equal(lab > 0, blob)
+
+
+def _synthetic_head(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """Ellipsoidal 'brain' (value 100) with dark 'ventricles', inside a bright 'scalp' shell."""
+    g = np.indices(shape).astype(float)
+    c = [(s - 1) / 2 for s in shape]
+    r = ((g[0] - c[0]) / (shape[0] * 0.36)) ** 2 + ((g[1] - c[1]) / (shape[1] * 0.40)) ** 2 \
+        + ((g[2] - c[2]) / (shape[2] * 0.36)) ** 2
+    img = np.zeros(shape)
+    img[r <= 1.0] = 100.0
+    shell = (r > 1.15) & (r <= 1.35)
+    img[shell] = 120.0
+    vent = (((g[0] - c[0]) / 4) ** 2 + ((g[1] - c[1]) / 10) ** 2 + ((g[2] - c[2]) / 5) ** 2) <= 1
+    img[vent] = 20.0
+    tex = ndi.gaussian_filter(rng.normal(size=shape), 2.0)
+    img = img + 8.0 * tex / tex.std() * (img > 50)
+    return img
+
+
+def _pair(tmp: Path, lesions: list[tuple[tuple[int, int, int], float]], seed: int = 3
+          ) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
+    fu = head.copy()
+    truth = np.zeros(shape, bool)
+    for c, rad in lesions:
+        b = _ball(shape, c, rad)
+        fu[ndi.gaussian_filter(b.astype(float), 0.7) > 0.3] *= 1.8
+        truth |= b
+    base_img = head + rng.normal(0, 2.0, shape)
+    fu_img = fu + rng.normal(0, 2.0, shape)
+    bp, fp = tmp / "base.nii.gz", tmp / "fu.nii.gz"
+    nib.save(nib.Nifti1Image(base_img.astype(np.float32), aff), str(bp))
+    nib.save(nib.Nifti1Image(fu_img.astype(np.float32), aff), str(fp))
+    return bp, fp, truth
+
+
+def test_compare_outputs_label_map_in_baseline_space_and_determinism(tmp_path: Path) -> None:
+    bp, fp, truth = _pair(tmp_path, [((24, 30, 32), 3.0), ((46, 50, 28), 2.0)])
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    doc = compare_main(bp, fp, out1, "brain", "flair", None)
+    compare_main(bp, fp, out2, "brain", "flair", None)
+    assert (out1 / "candidates.json").read_bytes() == (out2 / "candidates.json").read_bytes()
+    for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz",
+                 "followup_in_baseline.nii.gz"):
+        assert (out1 / name).exists()
+    base: Any = nib.load(str(bp))
+    lab: Any = nib.load(str(out1 / "candidates.nii.gz"))
+    assert lab.shape == base.shape and np.allclose(lab.affine, base.affine, atol=1e-4)
+    labels = np.asarray(lab.dataobj)
+    flagged = [c for c in doc["candidates"] if c["flagged"]]
+    assert len(flagged) == 2, doc["candidates"]
+    for c in flagged:
+        assert set(c) >= {"id", "type", "flagged", "score", "volume_mm3", "centroid_ras_mm",
+                          "centroid_baseline_voxel", "peak_z", "mean_z", "sign", "location",
+                          "contrasts", "reasons"}
+        region = labels == c["id"]
+        # the candidate lies on an inserted lesion and its centroid is within 1.5 voxels of it
+        tl, _ = ndi.label(truth)
+        hit = np.unique(tl[region & truth])
+        assert len(hit) == 1 and hit[0] > 0
+        centre = np.argwhere(tl == hit[0]).mean(axis=0)
+        assert np.linalg.norm(np.array(c["centroid_baseline_voxel"]) - centre) < 1.5
+        ijk = np.array(c["centroid_baseline_voxel"])
+        assert np.allclose(base.affine[:3, :3] @ ijk + base.affine[:3, 3], c["centroid_ras_mm"],
+                           atol=0.02)
+        assert c["type"] == "new_t2_hyperintensity" and c["sign"] == 1
+    assert doc["registration"]["status"] in ("ok", "warn")
+    assert json.loads((out1 / "candidates.json").read_text())["parameters"]["z_review"] > 3
+
+
+def test_compare_bad_input_names_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.nii.gz"
+    with pytest.raises(ValueError, match="nope.nii.gz"):
+        compare_main(missing, missing, tmp_path / "o", "brain", "flair", None)
+    with pytest.raises(ValueError, match="detection config"):
+        load_params(tmp_path / "absent.yaml")
+
+
+@pytest.mark.slow
+def test_patient_positions_no_change_pairs() -> None:
+    """Real no-change pairs (one head, four positions, 2D sagittal T1).
+
+    Issue bar: <= 1 flagged per pair. Measured (docs/detection.md): 0, 1, 0, 1, 2, 6
+    flagged; the bar holds for 4 of 6 pairs and is NOT met for HFP-HFDR and
+    HFDL-HFDR (decubitus, head off the slab edges). Asserted: what is met, so a
+    regression fails.
+    """
+    from mri_safety.evaluation.pairs import load_positions_pair
+
+    need_data("dicom", "patient-positions")
+    counts = {}
+    for a, b in itertools.combinations(["HFS", "HFP", "HFDL", "HFDR"], 2):
+        pr = load_positions_pair(a, b)
+        res = detect_pair(pr.fixed, pr.moving, contrast="t1w")
+        counts[f"{a}-{b}"] = sum(1 for c in res.candidates if c["flagged"])
+    print("flagged per no-change pair:", counts)
+    assert sum(v <= 1 for v in counts.values()) >= 4, counts
+    assert sum(counts.values()) <= 10, counts
+
+
+@pytest.mark.slow
+def test_real_ms_pairs_report() -> None:
+    """Real MS follow-ups: lesion-wise figures at the review threshold (reported).
+
+    Asserted: flagged false positives <= 3 per pair (the issue's bar; measured 0) and
+    a few expert lesions found. NOT met (see docs/detection.md): the issue's
+    sensitivity bar of 0.70 (measured 0.07 pooled at the review threshold).
+    """
+    from mri_safety.evaluation.scoring import score_pair
+
+    d = need_data("longitudinal-ms")
+    found = 0
+    for p in ("patient01", "patient03"):
+        b = sitk.ReadImage(str(d / p / "study1_FLAIR.nii.gz"), sitk.sitkFloat32)
+        f = sitk.ReadImage(str(d / p / "study2_FLAIR.nii.gz"), sitk.sitkFloat32)
+        res = detect_pair(b, f, contrast="flair")
+        grid = sitk.ReadImage(str(d / p / "brainmask_common_space.nii.gz"))
+        t1 = sitk.ReadTransform(str(d / p / "study1_FLAIR_to_common_space.txt"))
+        lm = np.where(np.isin(res.labels, [c["id"] for c in res.candidates if c["flagged"]]),
+                      res.labels, 0).astype(np.int32)
+        im = sitk.GetImageFromArray(lm.transpose(2, 1, 0))
+        im.CopyInformation(b)
+        lc = sitk.GetArrayFromImage(sitk.Resample(im, grid, t1, sitk.sitkNearestNeighbor, 0,
+                                                  sitk.sitkInt32)).transpose(2, 1, 0)
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(d / p / "gt.nii.gz"))).transpose(2, 1, 0)
+        s = score_pair(lc, gt)
+        print(p, "sensitivity", s.sensitivity, "FP", s.n_false_positives)
+        assert s.n_false_positives <= 3
+        found += s.n_found
+    assert found >= 3  # measured 4 of 59 (0.07): far below the 0.70 bar
+
+
+def test_profile_matching_degrades_the_sharper_slices() -> None:
+    from mri_safety.change.resolution import match_profiles
+
+    fixed = sitk.Image([40, 40, 10], sitk.sitkFloat32)
+    fixed.SetSpacing((1.0, 1.0, 4.0))
+    moving = sitk.Image([40, 40, 14], sitk.sitkFloat32)
+    moving.SetSpacing((1.0, 1.0, 3.0))
+    arr_m = np.zeros((14, 40, 40), np.float32)
+    arr_m[7] = 1.0  # one thin slice: its profile must widen along z only
+    mv = sitk.GetImageFromArray(arr_m)
+    mv.CopyInformation(moving)
+    f2, m2, info = match_profiles(fixed, mv, sitk.Euler3DTransform())
+    assert info["effective_resolution_mm"] == [1.0, 1.0, 4.0]
+    assert info["degraded"] == ["followup"]
+    sd: Any = info["followup_blur_sd_mm"]
+    assert sd[0] == 0 and sd[1] == 0 and sd[2] == pytest.approx(np.sqrt((16 - 9) / 12), abs=1e-3)
+    out = sitk.GetArrayFromImage(m2)
+    assert out[7].max() < 1.0 and out[6].max() > 0  # spread along z
+    assert np.allclose(out[:, 5, :], out[:, 20, :])  # nothing in-plane
+    assert np.array_equal(sitk.GetArrayFromImage(f2), sitk.GetArrayFromImage(fixed))
+
+
+def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
+    """A lesion seen in the extra contrast too lists it and gains evidence; a missing
+    extra file is skipped with its error recorded, not fatal."""
+    bp, fp, _ = _pair(tmp_path, [((24, 30, 32), 3.0)])
+    (tmp_path / "x").mkdir()
+    bx, fx, _ = _pair(tmp_path / "x", [((24, 30, 32), 3.0)], seed=5)
+    solo = compare_main(bp, fp, tmp_path / "solo", "brain", "flair", None)
+    both = compare_main(bp, fp, tmp_path / "both", "brain", "flair",
+                        [(bx, fx, "t2w"), (tmp_path / "absent.nii.gz", fx, "dwi")])
+    top_solo = max(solo["candidates"], key=lambda c: c["evidence_z"])
+    top_both = max(both["candidates"], key=lambda c: c["evidence_z"])
+    assert top_both["contrasts"] == ["flair", "t2w"]
+    assert top_both["evidence_z"] == pytest.approx(top_solo["evidence_z"] + 1.0, abs=1e-3)
+    errs = [e for e in both["inputs"]["extra"] if "error" in e]
+    assert len(errs) == 1 and "absent.nii.gz" in errs[0]["error"]
