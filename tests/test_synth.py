@@ -200,3 +200,18 @@ def test_synth_main_rejects_bad_arguments(tmp_path: Path) -> None:
         synth_main(tmp_path, 1, 0, "huge")
     with pytest.raises(ValueError, match="patients"):
         synth_main(tmp_path, 0, 0, "small")
+
+
+def test_pictures_one_per_abnormality_and_spine(study: Path, tmp_path: Path) -> None:
+    """Review pictures: one PNG per abnormality (+ one spine strip), each showing an image."""
+    import matplotlib.image as mpimg
+
+    from mri_safety.synth.pictures import write_pictures
+
+    files = write_pictures(study, tmp_path)
+    t = _truth(study)
+    assert len(files) == len(t["abnormalities"]) + 1
+    for f in files:
+        px = mpimg.imread(str(f))[..., :3].mean(-1)
+        assert px.shape[0] > 150 and px.shape[1] > 150
+        assert px.std() > 0.05, f"{f.name} looks blank"
