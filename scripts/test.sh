@@ -8,6 +8,17 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 
+# headless Chromium (Debian package) for the report browser test; idempotent,
+# needs root (tests/test_report.py skips with the reason otherwise)
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = "0" ]; then
+        (apt-get update -qq && apt-get install -y -qq chromium) \
+            || echo "warning: could not install chromium; the browser test will skip"
+    else
+        echo "note: not root, chromium not installed; the browser test will skip"
+    fi
+fi
+
 echo "== ruff"
 python3 -m ruff check mri_safety pipelines
 echo "== mypy"
