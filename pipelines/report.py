@@ -101,7 +101,8 @@ def _morph_rows(entries: list[dict[str, Any]]) -> tuple[
 def _provenance(out: Path, v: dict[str, Any], software: str,
                 morph: list[dict[str, Any]]) -> dict[str, Any]:
     manifests = [s["qc_manifest"] for s in v.get("series", []) if s.get("qc_manifest")]
-    manifests += [c["manifest"] for c in v.get("comparisons", []) if c.get("manifest")]
+    for c in v.get("comparisons", []):
+        manifests += [c[k] for k in ("register_manifest", "manifest") if c.get(k)]
     manifests += [e["manifest"] for e in morph if e.get("manifest")]
     prov: dict[str, Any] = {"software": software}
     first = None
