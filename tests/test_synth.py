@@ -87,13 +87,12 @@ def _resample(path: Path, ref: nib.Nifti1Image, tx: sitk.Transform, interp: int)
 def test_truth_maps_land_on_abnormality(study: Path) -> None:
     """Native truth mapped back with the recorded transform matches the baseline-space truth.
 
-    Compact abnormalities >= 5 mm: Dice of the PV maps (linearly resampled)
-    thresholded at 0.5 >= 0.95; soft Dice (2 sum min / sum) of the PV maps >=
-    0.90; nearest-neighbour label Dice >= 0.85. The last two are below the
-    brief's 0.95 / 0.90: a single resampling of 1 mm maps between two rotated
-    grids moves the one-voxel PV ramp / label boundary by up to half a voxel,
-    which alone costs ~5-12 % on a 5-8 mm lesion (measured 0.91-0.98 soft,
-    0.87-0.93 nearest neighbour).
+    Compact abnormalities >= 5 mm, truth maps at the default 0.5 mm: Dice of
+    the nearest-neighbour-resampled label maps >= 0.90, Dice of the PV maps
+    (linearly resampled) thresholded at 0.5 >= 0.95 and soft Dice
+    (2 sum min / sum) of the PV maps >= 0.95. (With 1 mm truth grids the
+    nearest-neighbour Dice of 6-8 mm blobs is only 0.88-0.90: half a voxel of
+    boundary shift between two rotated grids; see docs/synth.md.)
     """
     from mri_safety.evaluation.scoring import dice
 
@@ -120,9 +119,11 @@ def test_truth_maps_land_on_abnormality(study: Path) -> None:
             soft = dice(pv_m * near, pv_b * near)
             hard = dice((pv_m >= 0.5) & near, (pv_b >= 0.5) & near)
             nn = dice(lab_m == i, lab_b == i)
+            print(f"{i} {a['kind']} {a['diameter_mm']:.1f} mm: "
+                  f"nn {nn:.3f} hard {hard:.3f} soft {soft:.3f}")
             assert hard >= 0.95, (i, a["kind"], hard)
-            assert soft >= 0.90, (i, a["kind"], soft)
-            assert nn >= 0.85, (i, a["kind"], nn)
+            assert soft >= 0.95, (i, a["kind"], soft)
+            assert nn >= 0.90, (i, a["kind"], nn)
             checked += 1
     assert checked >= 2
 

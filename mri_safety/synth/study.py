@@ -194,17 +194,42 @@ BLOB_KINDS = ("lesion", "enlarging", "enhancing", "infarct", "haemorrhage", "mas
 _TISSUE_BOUND = ("lesion", "enlarging", "enhancing", "infarct", "haemorrhage")
 
 
+#: A truth map restricted to a box of its grid: (first voxel index, values).
+Boxed = tuple[tuple[int, int, int], np.ndarray]
+
+
+def _box_of(support: np.ndarray, src_affine: np.ndarray, pose: np.ndarray, grid: np.ndarray,
+            shape: tuple[int, int, int], margin: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel box ``[lo, hi)`` of ``grid`` covering the non-zero part of ``support``.
+
+    ``support`` lives on ``src_affine`` (voxel -> subject RAS mm); ``pose`` maps
+    subject to scanner RAS mm; ``grid`` maps acquisition voxels to scanner RAS mm.
+    """
+    nz = np.argwhere(support > 0)
+    if not len(nz):
+        return np.zeros(3, int), np.zeros(3, int)
+    lo_s, hi_s = nz.min(0) - 1, nz.max(0) + 1
+    corners = np.array([[a, b, c, 1.0] for a in (lo_s[0], hi_s[0]) for b in (lo_s[1], hi_s[1])
+                        for c in (lo_s[2], hi_s[2])]).T
+    gv = (np.linalg.inv(grid) @ pose @ src_affine @ corners)[:3]
+    lo = np.clip(np.floor(gv.min(1)).astype(int) - margin, 0, None)
+    hi = np.minimum(np.ceil(gv.max(1)).astype(int) + margin + 1, shape)
+    return lo, hi
+
+
 def _truth_on_grid(anat: Anatomy, abns: list[ab.Abnormality], tfrac: dict[int, np.ndarray],
                    visit: int, pose: np.ndarray, spec: AcqSpec, grid: np.ndarray,
-                   shape: tuple[int, int, int]) -> dict[int, np.ndarray]:
-    """Truth fractions on a scanner grid; blobs evaluated exactly at the grid points.
+                   shape: tuple[int, int, int]) -> dict[int, Boxed]:
+    """Truth fractions on a scanner grid, each in the box of the grid it can touch.
 
     Blob-shaped abnormalities are evaluated analytically at each grid voxel's
     subject-space position (edge ramp one grid voxel wide), so no
     interpolation of the truth happens; others (subdural, ventricles) are
-    resampled linearly from the anatomy grid.
+    resampled linearly from the anatomy grid inside the box around their
+    support (4 grid voxels of margin; zero outside, exactly as a whole-grid
+    resampling would give). Boxes keep fine (0.5 mm) truth grids affordable.
     """
-    out: dict[int, np.ndarray] = {}
+    out: dict[int, Boxed] = {}
     inv_grid = np.linalg.inv(grid)
     inv_pose = np.linalg.inv(pose)
     tissue = np.clip(anat.probs[2] + anat.probs[3], 0, 1)
@@ -213,16 +238,23 @@ def _truth_on_grid(anat: Anatomy, abns: list[ab.Abnormality], tfrac: dict[int, n
     for i in tfrac:
         a = abns[i - 1]
         if a.kind not in BLOB_KINDS:
-            out[i] = sample(tfrac[i], anat.affine, pose, spec, grid, shape)
+            lo, hi = _box_of(tfrac[i], anat.affine, pose, grid, shape)
+            if np.any(hi <= lo):
+                out[i] = ((0, 0, 0), np.zeros((0, 0, 0), np.float32))
+                continue
+            sub = grid.copy()
+            sub[:3, 3] = grid[:3, :3] @ lo + grid[:3, 3]
+            box = tuple(int(n) for n in hi - lo)
+            vals = sample(tfrac[i], anat.affine, pose, spec, sub, box)  # type: ignore[arg-type]
+            out[i] = ((int(lo[0]), int(lo[1]), int(lo[2])), vals.astype(np.float32))
             continue
         c = np.asarray(a.centre_ras)
         cv = (inv_grid @ pose @ np.append(c, 1))[:3]
         rad = 0.5 * a.diameter_mm * max(a.grow_factor, 1.0) * 1.7 / vox + 3
         lo = np.clip(np.floor(cv - rad).astype(int), 0, None)
         hi = np.minimum(np.ceil(cv + rad).astype(int) + 1, shape)
-        f = np.zeros(shape, np.float32)
         if np.any(hi <= lo):
-            out[i] = f
+            out[i] = ((0, 0, 0), np.zeros((0, 0, 0), np.float32))
             continue
         idx = np.indices(tuple(hi - lo), dtype=np.float64) + lo.reshape(3, 1, 1, 1)
         world = np.tensordot(grid[:3, :3], idx, axes=1) + grid[:3, 3].reshape(3, 1, 1, 1)
@@ -235,8 +267,7 @@ def _truth_on_grid(anat: Anatomy, abns: list[ab.Abnormality], tfrac: dict[int, n
             av = np.tensordot(inv_anat[:3, :3], subj, axes=1) + inv_anat[:3, 3].reshape(3, 1, 1, 1)
             val *= ndi.map_coordinates(tissue, av.reshape(3, -1), order=1,
                                        mode="nearest").reshape(val.shape)
-        f[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = val
-        out[i] = f
+        out[i] = ((int(lo[0]), int(lo[1]), int(lo[2])), val.astype(np.float32))
     return out
 
 
@@ -249,21 +280,29 @@ def _save(arr: np.ndarray, aff: np.ndarray, path: Path) -> None:
     nib.save(nib.Nifti1Image(arr, aff), str(path))
 
 
-def _labels(pvs: dict[int, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _labels(pvs: dict[int, np.ndarray] | dict[int, Boxed], shape: tuple[int, ...]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Label map (each voxel: the abnormality with the largest fraction >= 0.5) and the
+    partial-volume map (largest fraction) from whole-grid or boxed truth fractions."""
     lab = np.zeros(shape, np.uint8)
     pv = np.zeros(shape, np.float32)
-    best = np.zeros(shape, np.float32)
     for i, f in pvs.items():
-        sel = (f >= 0.5) & (f > best)
-        lab[sel] = i
-        best = np.maximum(best, f)
-        pv = np.maximum(pv, f)
+        lo, vals = f if isinstance(f, tuple) else ((0, 0, 0), f)
+        sl = tuple(slice(a, a + n) for a, n in zip(lo, vals.shape, strict=True))
+        sel = (vals >= 0.5) & (vals > pv[sl])
+        lab[sl][sel] = i
+        pv[sl] = np.maximum(pv[sl], vals)
     return lab, pv
 
 
 def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
-                     anat: Anatomy | None = None, spine: Spine | None = None) -> dict[str, Any]:
-    """Generate one patient's visits (DICOM + truth); returns the truth record."""
+                     anat: Anatomy | None = None, spine: Spine | None = None,
+                     truth_mm: float = 0.5) -> dict[str, Any]:
+    """Generate one patient's visits (DICOM + truth); returns the truth record.
+
+    ``truth_mm``: voxel size (mm) of the brain truth label / PV maps (isotropic
+    grids in the T1w orientation of each visit and of the baseline).
+    """
     p = PRESETS[preset]
     anat = anat if anat is not None else get_anatomy(p.voxel_mm)
     spine = spine if spine is not None else load_spine()
@@ -288,6 +327,7 @@ def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
     truth: dict[str, Any] = {
         "patient_id": pid, "dicom_patient_id": patient.tags()["PatientID"],
         "dosing_date": dosing.isoformat(), "seed": seed, "preset": preset,
+        "truth_voxel_mm": truth_mm,
         "atrophy_rate_per_year": atrophy_rate,
         "subject_space": "world RAS+ mm of the real head T1 (brain-t1-3d)",
         "abnormalities": [], "spine_abnormalities": spine_abns, "visits": [],
@@ -359,10 +399,10 @@ def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
                 sn += 1
             if spec.contrast == "T1w" and v == 0:
                 base_t1_grid = (grid, shape)
-        # truth maps (new abnormalities vs baseline) on 1 mm grids with this visit's and
+        # truth maps (new abnormalities vs baseline) on truth_mm grids with this visit's and
         # the baseline's T1w orientation and centre
         assert base_t1_grid is not None
-        tspec = replace(specs[0], inplane_mm=(1.0, 1.0), thickness_mm=1.0)
+        tspec = replace(specs[0], inplane_mm=(truth_mm, truth_mm), thickness_mm=truth_mm)
         if v == 0:
             base_truth_grid = grid_affine(tspec, base_centre_scan)
         t_grid = grid_affine(tspec, centre_scan)
@@ -477,8 +517,10 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
     return rec, base
 
 
-def generate_trial(out_dir: Path, n_patients: int, seed: int, preset: str = "small") -> Path:
-    """Write a whole synthetic trial to ``out_dir`` (deterministic for ``seed``)."""
+def generate_trial(out_dir: Path, n_patients: int, seed: int, preset: str = "small",
+                   truth_mm: float = 0.5) -> Path:
+    """Write a whole synthetic trial to ``out_dir`` (deterministic for ``seed``);
+    ``truth_mm`` is the voxel size of the brain truth maps."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     out_dir = Path(out_dir)
@@ -487,7 +529,7 @@ def generate_trial(out_dir: Path, n_patients: int, seed: int, preset: str = "sma
     spine = load_spine()
     rows = []
     for i in range(n_patients):
-        t = generate_patient(out_dir, i, seed, preset, anat, spine)
+        t = generate_patient(out_dir, i, seed, preset, anat, spine, truth_mm)
         rows.append((t["dicom_patient_id"], t["dosing_date"]))
     with open(out_dir / "enrolment.csv", "w", newline="") as fh:
         w = csv.writer(fh)
