@@ -284,6 +284,7 @@ def demo(
                          secret, None, None, workers)
     console.print(f"BIDS tree: {out / 'results' / 'bids'}")
     console.print(f"visit summaries: {out / 'results' / 'visits'}")
+    console.print(f"reports (open in a browser): {out / 'results' / 'reports' / 'index.html'}")
     console.print(f"ground truth of the synthetic trial: {trial / 'ground_truth'}")
     raise typer.Exit(code)
 

@@ -426,6 +426,8 @@ def run_trial(
         "computed": summary.computed,
         "reused": summary.reused,
     }, indent=2, sort_keys=True))
+    from pipelines.report import finish_reports  # morphometry + OUT/reports/ (docs/report.md)
+    finish_reports(out, client, summary.failures)
     return summary
 
 
