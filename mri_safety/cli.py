@@ -111,26 +111,34 @@ def convert(
     raise typer.Exit(report.exit_code)
 
 
-def _client(scheduler: str | None, cluster: str | None, workers: int | None) -> tuple[Any, Any]:
-    """(client, cluster) for --scheduler / --cluster / the local default."""
+def _client(scheduler: str | None, cluster: str | None, workers: int | None
+            ) -> tuple[Any, Any, int]:
+    """(client, cluster, ITK threads per task) for --scheduler / --cluster / the
+    local default (one worker per core, cores / workers threads each)."""
+    import os
+
     from distributed import Client
 
     from pipelines.cluster import batch_cluster, load_profile, local_cluster
 
     if scheduler:
-        return Client(scheduler), None
+        return Client(scheduler), None, 1
     if cluster:
-        c = batch_cluster(load_profile(cluster))
-    else:
-        c = local_cluster(n_workers=workers)
-    return Client(c), c
+        profile = load_profile(cluster)
+        c = batch_cluster(profile)
+        return Client(c), c, profile.cores
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // (workers or cores))
+    c = local_cluster(n_workers=workers, threads_per_task=threads)
+    return Client(c), c, threads
 
 
 def _run_pipeline(
     dicom_dir: Path, out: Path, enrolment: Path | None, config: Path | None,
     secret_file: Path | None, scheduler: str | None, cluster: str | None,
-    workers: int | None,
+    workers: int | None, detection_config: Path | None = None,
 ) -> int:
+    from mri_safety.change.params import load_params
     from mri_safety.config import load_config
     from mri_safety.dicom.deid import load_secret
     from pipelines.trial import run_trial
@@ -142,8 +150,9 @@ def _run_pipeline(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     cfg = load_config(config)
+    detection = load_params(detection_config)
     secret = load_secret(secret_file)
-    client, clus = _client(scheduler, cluster, workers)
+    client, clus, threads = _client(scheduler, cluster, workers)
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       console=console) as bar:
@@ -155,7 +164,8 @@ def _run_pipeline(
                 bar.update(tasks[stage], completed=done, total=total)
 
             summary = run_trial(dicom_dir, out, client, secret=secret, enrolment=enrolment,
-                                config=cfg, progress=progress)
+                                config=cfg, progress=progress, detection=detection,
+                                threads_per_task=threads)
     finally:
         client.close()
         if clus is not None:
@@ -182,6 +192,10 @@ def run(
     out: Path = typer.Option(..., "--out", help="Output folder"),
     enrolment: Path | None = typer.Option(None, "--enrolment", help="Enrolment CSV"),
     config: Path | None = typer.Option(None, "--config", help="YAML overriding configs/"),
+    detection_config: Path | None = typer.Option(
+        None, "--detection-config",
+        help="Detection parameters YAML (default configs/detection.yaml); changing only "
+             "detection parameters re-runs detect and evidence, not registration"),
     secret_file: Path | None = typer.Option(None, "--secret-file", help="Site secret file"),
     scheduler: str | None = typer.Option(None, "--scheduler", help="tcp://host:port"),
     cluster: str | None = typer.Option(
@@ -190,7 +204,8 @@ def run(
     workers: int | None = typer.Option(None, "--workers", help="Local workers (default: cores)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the whole pipeline (convert -> compare -> visit summaries) on Dask.
+    """Run the whole pipeline (convert -> qc -> register -> detect -> evidence ->
+    visit summaries) on Dask.
 
     Re-running skips finished stages. Exit 0 when everything ran, 8 when some
     series or comparisons failed (the summary names them), 1 on usage errors.
@@ -202,8 +217,13 @@ def run(
     if not dicom_dir.exists():
         console.print(f"[red]error:[/] {dicom_dir}: no such file or directory", soft_wrap=True)
         raise typer.Exit(1)
-    raise typer.Exit(_run_pipeline(dicom_dir, out, enrolment, config, secret_file, scheduler,
-                                   cluster, workers))
+    try:
+        code = _run_pipeline(dicom_dir, out, enrolment, config, secret_file, scheduler,
+                             cluster, workers, detection_config)
+    except ValueError as exc:  # invalid configuration: the message names the file
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -263,19 +283,37 @@ def synth(
     console.print(f"synthetic trial written to {path}")
 
 
+#: synthetic series the default demo keeps (folder names of mri_safety.synth)
+DEMO_SERIES = ("01_T1w", "02_FLAIR", "09_spine_T2w")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("mri-safety-demo"), "--out", help="Output directory"),
     workers: int | None = typer.Option(None, "--workers", help="Local workers"),
+    patients: int = typer.Option(1, "--patients", help="Synthetic patients"),
+    full: bool = typer.Option(
+        False, "--full", help="All synthetic series (default: brain T1w + FLAIR, spine T2w)"),
 ) -> None:
-    """Generate a small synthetic trial and run the pipeline on it (local Dask)."""
+    """Generate a small synthetic trial and run the pipeline on it (local Dask).
+
+    By default one patient, three visits (baseline, 24h, M2), three series
+    (brain 3D T1w, brain FLAIR, cervical spine T2w): a few minutes on 2 cores.
+    ``--full`` keeps every synthetic series (T2w, T2*w, DWI, ADC, T1w + Gd too).
+    """
+    import shutil
+
     _logging(False)
     from mri_safety.synth import synth_main
 
     trial = out / "trial"
     if not (trial / "enrolment.csv").exists():
         console.print(f"generating a synthetic trial in {trial} ...")
-        synth_main(trial, 2, 0, "small")
+        synth_main(trial, patients, 0, "small")
+        if not full:
+            for series in sorted((trial / "dicom").glob("*/*/*")):
+                if series.is_dir() and series.name not in DEMO_SERIES:
+                    shutil.rmtree(series)
     secret = out / "demo-site-secret"
     if not secret.exists():
         secret.write_bytes(b"mri-safety demo secret: not for real data!")

@@ -7,8 +7,9 @@ Every stage run is keyed by a digest of
   hits the same cache),
 * its **parameters** (JSON-canonicalised; thread counts are parameters),
 * its **code version**: the package version plus a hash of the source file of
-  the stage function's module, so an edited stage re-runs even without a
-  version bump.
+  the stage function's module and of the library modules it declares it calls
+  (``code_deps``), so an edited stage or library function re-runs even without
+  a version bump.
 
 Outputs land in ``<root>/<stage>/<digest>/``. A stage writes into a private
 temporary folder beside it and the folder is renamed into place only after
@@ -76,13 +77,36 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def code_version(fn: Callable[..., Any]) -> str:
-    """Package version + hash of the source file defining ``fn``."""
+def _module_files(name: str) -> list[Path]:
+    """Source files of module ``name`` (every ``.py`` below it for a package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations:  # a package: all of its source files
+        return sorted(origin.parent.rglob("*.py"))
+    return [origin]
+
+
+def code_version(fn: Callable[..., Any], deps: tuple[str, ...] = ()) -> str:
+    """Package version + hash of the source file defining ``fn`` and of the
+    library modules/packages ``deps`` (dotted names) the stage calls, so an
+    edited stage or library function re-runs even without a version bump."""
     try:
         src = inspect.getsourcefile(fn)
     except TypeError:
         src = None
-    digest = file_digest(Path(src))[:16] if src and os.path.exists(src) else "nosource"
+    files = [Path(src)] if src and os.path.exists(src) else []
+    for name in deps:
+        files.extend(_module_files(name))
+    if not files:
+        return f"{__version__}+nosource"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(file_digest(f).encode())
+    digest = h.hexdigest()[:16] if deps else file_digest(files[0])[:16]
     return f"{__version__}+{digest}"
 
 
@@ -156,6 +180,7 @@ class StageStore:
         params: Mapping[str, Any] | None = None,
         extra_key: Mapping[str, str] | None = None,
         context: Mapping[str, Any] | None = None,
+        code_deps: tuple[str, ...] = (),
     ) -> StageResult:
         """Run ``fn(inputs, out_dir, **params, **context)`` unless an identical
         run exists.
@@ -167,11 +192,13 @@ class StageStore:
         re-hashing files. ``context`` passes Python objects that are *not*
         hashed (e.g. a conversion plan): the caller must put a digest of
         whatever in them can change the output into ``extra_key``.
+        ``code_deps``: dotted names of the library modules or packages ``fn``
+        calls; their source is part of the code version (see :func:`code_version`).
         """
         params = dict(params or {})
         in_digests = {k: path_digest(Path(v)) for k, v in inputs.items()}
         in_digests.update(extra_key or {})
-        code = code_version(fn)
+        code = code_version(fn, tuple(code_deps))
         digest = stage_digest(stage, in_digests, params, code)
         final = self.location(stage, digest)
         if self.is_done(stage, digest):

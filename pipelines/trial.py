@@ -4,8 +4,11 @@ Graph (one task per box; arrows are data dependencies)::
 
     plan (driver, headers only)
       -> convert[series]                      (one per series)
-      -> compare[follow-up series vs baseline counterpart]
-         compare[follow-up series vs previous-visit counterpart]
+      -> qc[series]                           (unusable series are not compared)
+      -> register[follow-up vs baseline counterpart]   N4, masks, rigid registration
+         register[follow-up vs previous-visit counterpart]
+      -> detect[pair]                         z-map + candidates (configs/detection.yaml)
+      -> evidence[pair]                       montages + registration check
       -> visit summary (driver) -> trial summary (driver)
 
 Every task is a :class:`~pipelines.cache.StageStore` stage, so a re-run skips
@@ -23,13 +26,14 @@ import logging
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mri_safety import __version__
-from mri_safety.change.params import load_params
+from mri_safety.change.params import DetectParams, load_params
 from mri_safety.config import Config, load_config
 from mri_safety.dicom.deid import Deidentifier
 from mri_safety.qc.config import load_qc_config
@@ -42,6 +46,23 @@ from pipelines.convert import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Dask retries of a stage task that raised (a stage is idempotent: a retry of
+#: finished work is a cache hit). A worker that dies is handled by the scheduler,
+#: which re-runs its tasks elsewhere.
+RETRIES = 1
+
+#: library code each stage calls: its source is part of the stage's cache key
+#: (register does not depend on the detection-only modules, so editing
+#: detection code re-runs detect, not registration)
+CODE_DEPS: dict[str, tuple[str, ...]] = {
+    "convert": ("mri_safety.dicom", "mri_safety.config", "pipelines.convert"),
+    "qc": ("mri_safety.qc",),
+    "register": ("mri_safety.change.compare", "mri_safety.change.masks",
+                 "mri_safety.register", "mri_safety.preprocess"),
+    "detect": ("mri_safety.change", "mri_safety.register.transforms"),
+    "evidence": ("mri_safety.evidence",),
+}
 
 #: classification region -> compare region
 COMPARE_REGION = {"brain": "brain", "cervical": "spine", "thoracic": "spine",
@@ -116,18 +137,116 @@ def evidence_stage(
     return {"montages": pictures}
 
 
-def compare_stage(
-    inputs: dict[str, Path], out: Path, region: str, contrast: str,
-    detection: dict[str, Any] | None = None,
+@contextmanager
+def _itk(n: int) -> Iterator[None]:
+    """Run the body with ITK's global default thread count set to ``n``.
+
+    Some ITK filters and the registration metric use the global default, and
+    their results differ (slightly) with it; the stages that call ITK set it
+    from their ``itk_threads`` parameter, so the output depends on the cache
+    key, not on the worker's environment."""
+    import SimpleITK as sitk
+
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+
+
+def register_stage(
+    inputs: dict[str, Path], out: Path, registration_threads: int, seed: int,
+    itk_threads: int = 1,
 ) -> dict[str, Any]:
-    """Candidates for one follow-up/baseline pair (``mri-safety compare``).
+    """N4 of both visits, baseline masks, rigid registration of the follow-up
+    to the baseline (the expensive part of a comparison); writes
 
-    ``detection`` (the validated ``configs/detection.yaml``) is here so that
-    the cache key changes with it; compare_main reads the same file."""
-    from mri_safety.change.compare import compare_main
+    * ``baseline_n4.nii.gz``, ``followup_n4.nii.gz`` (float32, each on its raw
+      image's grid), ``brain_mask.nii.gz``, ``icv_mask.nii.gz`` (uint8, baseline grid),
+    * ``transform.tfm`` (ITK text, baseline -> follow-up points, LPS mm; full
+      double precision), ``followup_in_baseline.nii.gz`` (raw follow-up, linear),
+    * ``registration.json`` (method, metric, mask method, parameters).
 
-    doc = compare_main(inputs["baseline"], inputs["followup"], out, region=region,
-                       contrast=contrast)
+    Only the registration parameters (and ``itk_threads``, the ITK global
+    thread count) are parameters here; the detection configuration is not, so
+    changing it reuses this stage.
+    """
+    import SimpleITK as sitk
+
+    from mri_safety.change.compare import _load, register_pair
+    from mri_safety.change.masks import img_like
+
+    with _itk(itk_threads):
+        rp = register_pair(_load(inputs["baseline"]), _load(inputs["followup"]),
+                           threads=registration_threads, seed=seed)
+    sitk.WriteImage(rp.baseline_n4, str(out / "baseline_n4.nii.gz"), useCompression=True)
+    sitk.WriteImage(rp.followup_n4, str(out / "followup_n4.nii.gz"), useCompression=True)
+    for name, m in (("brain_mask", rp.brain), ("icv_mask", rp.icv)):
+        sitk.WriteImage(img_like(m.astype("uint8"), rp.baseline), str(out / f"{name}.nii.gz"),
+                        useCompression=True)
+    sitk.WriteTransform(rp.transform, str(out / "transform.tfm"))
+    sitk.WriteImage(rp.followup_in_baseline(), str(out / "followup_in_baseline.nii.gz"),
+                    useCompression=True)
+    doc = {"registration": {k: v for k, v in rp.registration.items() if k != "seconds"},
+           "mask_method": rp.mask_method,
+           "parameters": {"registration_threads": registration_threads, "seed": seed}}
+    (out / "registration.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return {**rp.registration, "seconds_preprocess": rp.seconds_preprocess}
+
+
+def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
+    """The :class:`~mri_safety.change.compare.RegisteredPair` written by
+    :func:`register_stage` into ``reg_dir``. Geometry comes from the raw
+    images (read exactly as the register stage read them), voxel values and
+    the transform from the files, so the pair equals the in-memory one."""
+    import SimpleITK as sitk
+
+    from mri_safety.change.compare import RegisteredPair, _load
+    from mri_safety.change.masks import arr
+
+    base, fu = _load(baseline), _load(followup)
+
+    def image(name: str, like: sitk.Image, pixel: int) -> sitk.Image:
+        img = sitk.ReadImage(str(reg_dir / name), pixel)
+        img.CopyInformation(like)
+        return img
+
+    doc = json.loads((reg_dir / "registration.json").read_text())
+    summary = json.loads((reg_dir / "manifest.json").read_text())["summary"]
+    return RegisteredPair(
+        baseline=base, followup=fu,
+        baseline_n4=image("baseline_n4.nii.gz", base, sitk.sitkFloat32),
+        followup_n4=image("followup_n4.nii.gz", fu, sitk.sitkFloat32),
+        brain=arr(image("brain_mask.nii.gz", base, sitk.sitkUInt8)) > 0,
+        icv=arr(image("icv_mask.nii.gz", base, sitk.sitkUInt8)) > 0,
+        mask_method=doc["mask_method"],
+        transform=sitk.ReadTransform(str(reg_dir / "transform.tfm")),
+        registration={**doc["registration"], "seconds": summary.get("seconds", 0.0)},
+        seconds_preprocess=float(summary.get("seconds_preprocess", 0.0)))
+
+
+def detect_stage(
+    inputs: dict[str, Path], out: Path, region: str, contrast: str,
+    detection: dict[str, Any], registered: Path, itk_threads: int = 1,
+) -> dict[str, Any]:
+    """z-map and candidates of one registered pair (the outputs of
+    ``mri-safety compare``, docs/detection.md, byte-identical to it for the
+    same inputs and parameters). ``detection``: the detection parameters
+    without the registration ones (those come from the register stage's
+    ``registration.json``, which is keyed by its digest)."""
+    from mri_safety.change.compare import _digest, detect_registered, write_outputs
+    from mri_safety.change.params import DetectParams
+
+    rp = load_registered(registered, inputs["baseline"], inputs["followup"])
+    reg_params = json.loads((registered / "registration.json").read_text())["parameters"]
+    p = DetectParams.model_validate({**detection, **reg_params})
+    with _itk(itk_threads):
+        res = detect_registered(rp, contrast=contrast, region=region, params=p)
+    b, f = inputs["baseline"], inputs["followup"]
+    doc = write_outputs(res, out, {"baseline": b.name, "baseline_sha256": _digest(b),
+                                   "followup": f.name, "followup_sha256": _digest(f),
+                                   "extra": []})
     return {
         "n_candidates": len(doc["candidates"]),
         "n_flagged": sum(1 for c in doc["candidates"] if c.get("flagged")),
@@ -138,23 +257,46 @@ def compare_stage(
 def _run_convert(root: str, plan: SeriesPlan, deid: Deidentifier, key: dict[str, str]
                  ) -> StageResult:
     return StageStore(root).run("convert", convert_series_stage, {}, {},
-                                extra_key=key, context={"plan": plan, "deid": deid})
+                                extra_key=key, context={"plan": plan, "deid": deid},
+                                code_deps=CODE_DEPS["convert"])
 
 
 def _run_qc(root: str, image: Path, sidecar: Path, qc: dict[str, Any]) -> StageResult:
     return StageStore(root).run("qc", qc_stage, {"image": image, "sidecar": sidecar},
-                                {"qc": qc})
+                                {"qc": qc}, code_deps=CODE_DEPS["qc"])
 
 
-def _run_compare(root: str, baseline: Path, followup: Path, region: str, contrast: str,
-                 detection: dict[str, Any]) -> StageResult:
-    return StageStore(root).run("compare", compare_stage,
+def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[str, Any]
+                  ) -> StageResult:
+    """``reg_params``: registration_threads, seed, itk_threads."""
+    return StageStore(root).run("register", register_stage,
+                                {"baseline": baseline, "followup": followup}, reg_params,
+                                code_deps=CODE_DEPS["register"])
+
+
+def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, region: str,
+                contrast: str, detection: dict[str, Any], threads: int) -> StageResult:
+    return StageStore(root).run("detect", detect_stage,
                                 {"baseline": baseline, "followup": followup},
                                 {"region": region, "contrast": contrast,
-                                 "detection": detection})
+                                 "detection": detection, "itk_threads": threads},
+                                extra_key={"register": reg.digest},
+                                context={"registered": reg.path},
+                                code_deps=CODE_DEPS["detect"])
+
+
+def split_detection(params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``DetectParams`` -> (registration parameters, detection-only parameters):
+    the register stage is keyed by the first only, detect by the second."""
+    from mri_safety.change.compare import REGISTER_PARAMS
+
+    d = params.model_dump(mode="json")
+    return ({k: d[k] for k in REGISTER_PARAMS},
+            {k: v for k, v in d.items() if k not in REGISTER_PARAMS})
 
 
 def _run_evidence(root: str, compare: StageResult, baseline: Path) -> StageResult:
+    """Montages of the flagged candidates of one ``detect`` result."""
     doc = json.loads((compare.path / "candidates.json").read_text())
     flagged = [c for c in doc["candidates"] if c.get("flagged")]
     return StageStore(root).run(
@@ -162,7 +304,7 @@ def _run_evidence(root: str, compare: StageResult, baseline: Path) -> StageResul
         {"baseline": baseline,
          "followup_in_baseline": compare.path / "followup_in_baseline.nii.gz",
          "zmap": compare.path / "zmap.nii.gz"},
-        {"candidates": flagged})
+        {"candidates": flagged}, code_deps=CODE_DEPS["evidence"])
 
 
 # --------------------------------------------------------------------------
@@ -287,6 +429,8 @@ def run_trial(
     enrolment: Path | str | None = None,
     config: Config | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    detection: DetectParams | None = None,
+    threads_per_task: int = 1,
 ) -> TrialSummary:
     """Run the trial graph on a Dask ``client`` and write ``out``:
 
@@ -296,7 +440,12 @@ def run_trial(
       each linked to the manifest that produced it,
     * ``out/conversion_report.{json,tsv}`` and ``out/run_summary.json``.
 
-    ``progress(stage, done, total)`` is called as tasks finish.
+    ``progress(stage, done, total)`` is called as tasks finish. ``detection``:
+    detection parameters (default ``configs/detection.yaml``); its registration
+    fields key the register stage, the others only detect (and what follows).
+    ``threads_per_task``: ITK global thread count inside the register and
+    detect stages (a cache-key parameter: results differ slightly with it);
+    match it to the cluster's threads per worker (``cores / workers``).
     """
     from distributed import as_completed
 
@@ -371,51 +520,66 @@ def run_trial(
     usable = [r for r in rows if r.status != "converted"
               or qc.get(r.output, {}).get("verdict") != "unusable"]
 
-    # compare: each follow-up against baseline and previous visit
-    detection = load_params().model_dump(mode="json")
+    # register -> detect -> evidence per pair (follow-up vs baseline / previous
+    # visit), chained on the cluster so a pair's detection starts as soon as its
+    # registration is done
+    reg_params, det_params = split_detection(
+        detection if detection is not None else load_params())
+    reg_params["itk_threads"] = threads_per_task
     pairs = pairs_for(usable, plans)
-    cfuts = {}
-    for pair in pairs:
+    chain: dict[Any, tuple[str, int]] = {}
+    for i, pair in enumerate(pairs):
         b = by_name[pair.baseline_name].path / pair.baseline_name
         f = by_name[pair.followup_name].path / pair.followup_name
-        cfuts[client.submit(_run_compare, str(work), b, f, pair.region, pair.contrast,
-                            detection, pure=False)] = pair
-    compared: list[tuple[Pair, StageResult | None, str]] = []
-    for done, fut in enumerate(as_completed(list(cfuts)), start=1):
-        pair = cfuts[fut]
+        rf = client.submit(_run_register, str(work), b, f, reg_params, pure=False,
+                           retries=RETRIES)
+        df = client.submit(_run_detect, str(work), rf, b, f, pair.region, pair.contrast,
+                           det_params, threads_per_task, pure=False, retries=RETRIES)
+        ef = client.submit(_run_evidence, str(work), df, b, pure=False, retries=RETRIES)
+        chain.update({rf: ("register", i), df: ("detect", i), ef: ("evidence", i)})
+    got: dict[tuple[str, int], StageResult | BaseException] = {}
+    finished: dict[str, int] = defaultdict(int)
+    for fut in as_completed(list(chain)):
+        stage, i = chain[fut]
         try:
-            cres: StageResult = fut.result()
-            compared.append((pair, cres, ""))
-            count("compare", cres)
-        except Exception as exc:
-            msg = f"compare {pair.followup_name} vs {pair.baseline_name}: {exc}"
+            sres: StageResult = fut.result()
+            got[(stage, i)] = sres
+            count(stage, sres)
+        except Exception as exc:  # a failed stage fails its pair only
+            got[(stage, i)] = exc
+        finished[stage] += 1
+        if progress:
+            progress(stage, finished[stage], len(pairs))
+    compared: list[tuple[Pair, StageResult | None, str]] = []
+    evidence: dict[tuple[str, str], str] = {}
+    registered: dict[tuple[str, str], str] = {}
+    for i, pair in enumerate(pairs):
+        reg, det, evi = got[("register", i)], got[("detect", i)], got[("evidence", i)]
+        where = f"{pair.followup_name} vs {pair.baseline_name}"
+        if isinstance(reg, BaseException):
+            msg = f"register {where}: {reg}"
+        elif isinstance(det, BaseException):
+            msg = f"detect {where}: {det}"
+        else:
+            msg = ""
+        if isinstance(reg, StageResult):
+            registered[(pair.followup_name, pair.baseline_name)] = str(
+                (reg.path / "manifest.json").relative_to(out))
+        if msg:
             summary.failures.append(msg)
             compared.append((pair, None, msg))
-        if progress:
-            progress("compare", done, len(cfuts))
-
-    # evidence: montages of flagged candidates + registration check per pair
-    efuts = {}
-    for pair, done_cmp, _ in compared:
-        if done_cmp is not None:
-            b = by_name[pair.baseline_name].path / pair.baseline_name
-            efuts[client.submit(_run_evidence, str(work), done_cmp, b, pure=False)] = pair
-    evidence: dict[tuple[str, str], str] = {}
-    for done, fut in enumerate(as_completed(list(efuts)), start=1):
-        pair = efuts[fut]
-        try:
-            eres: StageResult = fut.result()
-            count("evidence", eres)
-            evidence[(pair.followup_name, pair.baseline_name)] = str(
-                eres.path.relative_to(out))
-        except Exception as exc:
-            summary.failures.append(f"evidence {pair.followup_name}: {exc}")
-        if progress:
-            progress("evidence", done, len(efuts))
+            continue
+        assert isinstance(det, StageResult)
+        compared.append((pair, det, ""))
+        if isinstance(evi, BaseException):
+            summary.failures.append(f"evidence {pair.followup_name}: {evi}")
+        else:
+            evidence[(pair.followup_name, pair.baseline_name)] = str(evi.path.relative_to(out))
 
     sidecars = {name: json.loads((res.path / name.replace(".nii.gz", ".json")).read_text())
                 for name, res in by_name.items()}
-    _write_visit_summaries(out, rows, plans, compared, summary, qc, evidence, sidecars)
+    _write_visit_summaries(out, rows, plans, compared, summary, qc, evidence, sidecars,
+                           registered)
     summary.failures.extend(
         f"{r.source}: {'; '.join(r.errors)}" for r in report.series if r.status == "failed")
     summary.failures.extend(report.visit_errors)
@@ -428,6 +592,9 @@ def run_trial(
     }, indent=2, sort_keys=True))
     from pipelines.report import finish_reports  # morphometry + OUT/reports/ (docs/report.md)
     finish_reports(out, client, summary.failures)
+    # a worker killed mid-stage leaves a private .tmp-* folder (never trusted;
+    # its task was re-run elsewhere); all of this run's tasks are done now
+    store.clean_partial()
     return summary
 
 
@@ -440,6 +607,7 @@ def _write_visit_summaries(
     qc: dict[str, dict[str, Any]],
     evidence: dict[tuple[str, str], str],
     sidecars: dict[str, dict[str, Any]],
+    registered: dict[tuple[str, str], str],
 ) -> None:
     from mri_safety.qc.protocol import compare_protocol
 
@@ -469,6 +637,7 @@ def _write_visit_summaries(
         entry["protocol_deviations"] = [asdict(d) for d in proto.deviations]
         entry["protocol_confidence"] = proto.confidence
         entry["evidence"] = evidence.get((pair.followup_name, pair.baseline_name))
+        entry["register_manifest"] = registered.get((pair.followup_name, pair.baseline_name))
         if res is not None:
             doc = json.loads((res.path / "candidates.json").read_text())
             manifest = str((res.path / "manifest.json").relative_to(out))

@@ -110,3 +110,23 @@ def test_stable_manifest_drops_time_and_host(tmp_path):
     assert stable_manifest(a) == stable_manifest(b)
     assert json.dumps(stable_manifest(a))
     assert os.path.isabs(a["inputs"]["x"]["path"])
+
+
+def test_edited_library_dependency_reruns(tmp_path, store, monkeypatch):
+    """A library module listed in ``code_deps`` is part of the code version:
+    editing it re-runs the stage; an unrelated module's edit does not."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "dep_mod.py").write_text("FACTOR = 2\n")
+    (lib / "other_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(lib))
+    x = tmp_path / "x.txt"
+    x.write_text("4")
+    a = store.run("double", double, {"x": x}, code_deps=("dep_mod",))
+    (lib / "other_mod.py").write_text("X = 2\n")
+    b = store.run("double", double, {"x": x}, code_deps=("dep_mod",))
+    (lib / "dep_mod.py").write_text("FACTOR = 3\n")
+    c = store.run("double", double, {"x": x}, code_deps=("dep_mod",))
+    assert a.computed and not b.computed and c.computed
+    assert a.digest == b.digest != c.digest
+    assert a.manifest["code_version"] != c.manifest["code_version"]

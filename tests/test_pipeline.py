@@ -1,11 +1,14 @@
 """The trial pipeline on a small synthetic trial: visit summaries, resume
-without recomputation, a killed run resumed to byte-identical outputs, and a
-broken series that does not stop its visit."""
+without recomputation, a changed review threshold re-running only detect and
+evidence, the detect stage equal to ``mri-safety compare``, a killed run and a
+killed worker both ending byte-identical to an uninterrupted run, and a broken
+series that does not stop its visit."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -37,15 +40,22 @@ def trial(tmp_path_factory) -> Path:
     return small
 
 
-def _run(trial: Path, out: Path):
+STAGES = ("convert", "qc", "register", "detect", "evidence")
+ALL6 = dict.fromkeys(STAGES, 6)
+
+
+def _run(trial: Path, out: Path, client=None, **kwargs):
     from distributed import Client
 
     from pipelines.cluster import local_cluster
     from pipelines.trial import run_trial
 
+    if client is not None:
+        return run_trial(trial / "dicom", out, client, secret=SECRET,
+                         enrolment=trial / "enrolment.csv", **kwargs)
     with local_cluster(n_workers=2) as c, Client(c) as client:
         return run_trial(trial / "dicom", out, client, secret=SECRET,
-                         enrolment=trial / "enrolment.csv")
+                         enrolment=trial / "enrolment.csv", **kwargs)
 
 
 def _digests(out: Path) -> dict[str, str]:
@@ -67,7 +77,7 @@ def test_visits_and_candidates(first):
     names = sorted(v.split("/")[1] for v in summary.visits)
     assert names == ["ses-24h", "ses-M2", "ses-baseline"]
     assert not summary.failures
-    assert summary.computed == {"convert": 6, "qc": 6, "compare": 6, "evidence": 6}
+    assert summary.computed == ALL6
     for name in summary.visits:
         doc = json.loads((out / "visits" / name / "visit_summary.json").read_text())
         if name.endswith("baseline"):
@@ -85,7 +95,9 @@ def test_visits_and_candidates(first):
             manifest = out / comp["manifest"]
             assert manifest.is_file()
             assert all(c["manifest"] == comp["manifest"] for c in comp["candidates"])
-            assert json.loads(manifest.read_text())["stage"] == "compare"
+            assert json.loads(manifest.read_text())["stage"] == "detect"
+            assert json.loads((out / comp["register_manifest"]).read_text())["stage"] == \
+                "register"
         assert doc["status"] in ("candidates flagged",
                                  "no candidates flagged: full read and sign-off still needed")
 
@@ -95,8 +107,96 @@ def test_rerun_reuses_everything(trial, first):
     before = _digests(out)
     again = _run(trial, out)
     assert again.computed == {}
-    assert again.reused == {"convert": 6, "qc": 6, "compare": 6, "evidence": 6}
+    assert again.reused == ALL6
     assert _digests(out) == before
+
+
+def test_review_threshold_change_reruns_only_detection(trial, first, tmp_path):
+    """A detection config that changes only ``review_fwe_alpha`` (given to
+    ``mri-safety run --detection-config``) reuses convert, qc and register and
+    recomputes detect (and evidence where the flagged candidates changed)."""
+    import yaml
+
+    from mri_safety.change.params import DEFAULT_FILE
+
+    ref_out, _ = first
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    cfg = yaml.safe_load(DEFAULT_FILE.read_text())
+    assert cfg["review_fwe_alpha"] != 0.01
+    cfg["review_fwe_alpha"] = 0.01
+    (tmp_path / "detection.yaml").write_text(yaml.safe_dump(cfg))
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mri_safety.cli", "run", str(trial / "dicom"), "--out", str(out),
+         "--enrolment", str(trial / "enrolment.csv"), "--secret-file", str(secret),
+         "--workers", "2", "--detection-config", str(tmp_path / "detection.yaml")],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run_summary.json").read_text())
+    assert run["reused"]["convert"] == run["reused"]["qc"] == run["reused"]["register"] == 6
+    assert run["computed"]["detect"] == 6 and "detect" not in run["reused"]
+    assert run["computed"].keys() <= {"detect", "evidence"}
+    assert run["computed"].get("evidence", 0) + run["reused"].get("evidence", 0) == 6
+    # the same register folders, new detect folders with the new threshold
+    dirs = {st: {p.parent.name for p in (out / "work" / st).glob("*/manifest.json")}
+            for st in STAGES}
+    ref = {st: {p.parent.name for p in (ref_out / "work" / st).glob("*/manifest.json")}
+           for st in STAGES}
+    assert dirs["register"] == ref["register"]
+    assert len(dirs["detect"] - ref["detect"]) == 6
+    changed_flags = 0
+    for name in run["visits"]:
+        doc = json.loads((out / "visits" / name / "visit_summary.json").read_text())
+        old = json.loads((ref_out / "visits" / name / "visit_summary.json").read_text())
+        for new_c, old_c in zip(doc["comparisons"], old["comparisons"], strict=True):
+            assert new_c["register_manifest"] == old_c["register_manifest"]
+            m = json.loads((out / new_c["manifest"]).read_text())
+            assert m["parameters"]["detection"]["review_fwe_alpha"] == 0.01
+            assert "registration_threads" not in m["parameters"]["detection"]
+            cands = json.loads((out / new_c["manifest"]).parent.joinpath(
+                "candidates.json").read_text())
+            old_cands = json.loads((ref_out / old_c["manifest"]).parent.joinpath(
+                "candidates.json").read_text())
+            assert cands["parameters"]["z_review"] > old_cands["parameters"]["z_review"]
+            # same z-map (registration and noise model untouched), new threshold
+            assert sorted(c["peak_z"] for c in cands["candidates"]) == sorted(
+                c["peak_z"] for c in old_cands["candidates"])
+            changed_flags += ([c["flagged"] for c in cands["candidates"]]
+                              != [c["flagged"] for c in old_cands["candidates"]])
+            zmap = "zmap.nii.gz"
+            assert ((out / new_c["manifest"]).parent / zmap).read_bytes() == \
+                ((ref_out / old_c["manifest"]).parent / zmap).read_bytes()
+    # evidence is content-addressed: recomputed exactly where the flagged list changed
+    assert run["computed"].get("evidence", 0) >= changed_flags
+
+
+def test_detect_stage_equals_compare_command(first, tmp_path):
+    """The register + detect stages write what ``mri-safety compare`` writes
+    (docs/detection.md "Outputs") for the same pair, byte for byte."""
+    import SimpleITK as sitk
+
+    from mri_safety.change.compare import compare_main
+
+    out, _ = first
+    doc = json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
+    comp = next(c for c in doc["comparisons"] if c["region"] == "spine")
+    # the pipeline ran with one ITK thread per task (threads_per_task=1); ITK's
+    # registration metric differs slightly with the thread count
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        compare_main(out / "bids" / comp["baseline_name"],
+                     out / "bids" / comp["followup_name"], tmp_path / "cmp",
+                     region=comp["region"], contrast=comp["contrast"])
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+    stage_dir = (out / comp["manifest"]).parent
+    for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz",
+                 "followup_in_baseline.nii.gz"):
+        assert (tmp_path / "cmp" / name).read_bytes() == (stage_dir / name).read_bytes(), name
 
 
 def test_killed_run_resumes_to_identical_outputs(trial, first, tmp_path):
@@ -115,7 +215,7 @@ def test_killed_run_resumes_to_identical_outputs(trial, first, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        done = list((out / "work" / "compare").glob("*/manifest.json"))
+        done = list((out / "work" / "register").glob("*/manifest.json"))
         if len(done) >= 2:
             break
         time.sleep(0.5)
@@ -127,9 +227,52 @@ def test_killed_run_resumes_to_identical_outputs(trial, first, tmp_path):
     finished = {p.parent.name for p in (out / "work").glob("*/*/manifest.json")}
     resumed = _run(trial, out)
     assert resumed.reused.get("convert") == 6
-    assert resumed.reused.get("compare", 0) >= 2
-    assert sum(resumed.computed.values()) + sum(resumed.reused.values()) == 24
+    assert resumed.reused.get("register", 0) >= 2
+    assert sum(resumed.computed.values()) + sum(resumed.reused.values()) == 30
+    assert resumed.computed.get("register", 0) <= 4
     assert finished <= {p.parent.name for p in (out / "work").glob("*/*/manifest.json")}
+    assert _digests(out) == _digests(ref_out)
+
+
+def test_killed_worker_run_completes_identically(trial, first, tmp_path):
+    """SIGKILL one worker process while it runs a stage: the nanny restarts it,
+    the scheduler re-runs its task elsewhere, the run completes without
+    failures and every output is byte-identical to the uninterrupted run."""
+    import threading
+
+    from distributed import Client
+
+    from pipelines.cluster import local_cluster
+
+    ref_out, _ = first
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def killer(client: Client) -> None:
+        deadline = time.time() + 900
+        while time.time() < deadline and not killed:
+            if list((out / "work" / "register").glob("*/manifest.json")):
+                busy = [w for w, keys in client.processing().items()
+                        if any("_run_register" in str(k) or "_run_detect" in str(k)
+                               for k in keys)]
+                if busy:
+                    pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.2)
+
+    with local_cluster(n_workers=2) as c, Client(c) as client:
+        before = set(client.run(os.getpid).values())
+        t = threading.Thread(target=killer, args=(client,), daemon=True)
+        t.start()
+        summary = _run(trial, out, client=client)
+        t.join(timeout=5)
+        after = set(client.run(os.getpid).values())
+    assert killed and killed[0] in before and killed[0] not in after
+    assert not summary.failures, summary.failures
+    assert sum(summary.computed.values()) == 30
+    assert not list((out / "work").glob("*/.tmp-*"))
     assert _digests(out) == _digests(ref_out)
 
 

@@ -117,9 +117,45 @@ def _ncc(a: NDArray[np.floating], b: NDArray[np.floating], m: NDArray[np.bool_])
     return float((x * y).sum() / den) if den > 0 else 0.0
 
 
-def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
-           brain: NDArray[np.bool_] | None = None) -> ZPair:
-    """Steps 1-5 of the module docstring for one contrast; see :class:`ZPair`."""
+#: DetectParams fields that :func:`register_pair` uses (the rest only shape detection)
+REGISTER_PARAMS = ("registration_threads", "seed")
+
+
+@dataclass
+class RegisteredPair:
+    """Output of :func:`register_pair`: both visits bias-corrected, the baseline's
+    masks and the rigid transform; everything :func:`detect_registered` needs
+    that does not depend on the detection parameters.
+
+    Images are SimpleITK (LPS geometry, world mm), float32 on their own grids
+    (``*_n4`` share the grid of their raw image); masks are numpy ``[i, j, k]``
+    on the BASELINE grid. ``transform`` maps baseline points to follow-up
+    points (LPS mm), so ``Resample(followup, baseline, transform)`` puts the
+    follow-up on the baseline grid.
+    """
+
+    baseline: sitk.Image           # raw baseline, float32
+    followup: sitk.Image           # raw follow-up, float32
+    baseline_n4: sitk.Image
+    followup_n4: sitk.Image
+    brain: NDArray[np.bool_]       # brain mask (parenchyma + ventricles) of the baseline
+    icv: NDArray[np.bool_]         # intracranial mask of the baseline
+    mask_method: str
+    transform: sitk.Transform
+    registration: dict[str, Any]   # method, metric, init, seconds
+    seconds_preprocess: float
+
+    def followup_in_baseline(self) -> sitk.Image:
+        """Raw follow-up resampled (linear, float32) on the baseline grid."""
+        return sitk.Resample(self.followup, self.baseline, self.transform, sitk.sitkLinear,
+                             0.0, sitk.sitkFloat32)
+
+
+def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, seed: int,
+                  brain: NDArray[np.bool_] | None = None) -> RegisteredPair:
+    """Step 1-2 of the module docstring: N4 of both visits, baseline masks (or the
+    given ``brain`` mask, ``[i, j, k]`` on the baseline grid), rigid registration
+    of the follow-up to the baseline with ``threads`` ITK threads and ``seed``."""
     t0 = time.perf_counter()
     base = sitk.Cast(baseline, sitk.sitkFloat32)
     fu = sitk.Cast(followup, sitk.sitkFloat32)
@@ -136,8 +172,30 @@ def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
     t_prep = time.perf_counter() - t0
     reg_mask = img_like(dilate_mm(brain, 5.0, sp).astype(np.uint8), base)
     reg = register(base_n4, fu_n4, fixed_mask=reg_mask,
-                   params=RigidParams(threads=p.registration_threads, seed=p.seed))
-    tx = reg.transform
+                   params=RigidParams(threads=threads, seed=seed))
+    return RegisteredPair(
+        baseline=base, followup=fu, baseline_n4=base_n4, followup_n4=fu_n4,
+        brain=brain, icv=icv, mask_method=mask_method, transform=reg.transform,
+        registration={"method": f"rigid ({reg.backend}, Mattes MI)",
+                      "metric": round(reg.metric, 5), "init": reg.init,
+                      "seconds": round(reg.seconds, 2)},
+        seconds_preprocess=round(t_prep, 2))
+
+
+def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
+           brain: NDArray[np.bool_] | None = None) -> ZPair:
+    """Steps 1-5 of the module docstring for one contrast; see :class:`ZPair`."""
+    return z_registered(register_pair(baseline, followup, threads=p.registration_threads,
+                                      seed=p.seed, brain=brain), p)
+
+
+def z_registered(rp: RegisteredPair, p: DetectParams) -> ZPair:
+    """Steps 3-5 of the module docstring on a :class:`RegisteredPair`."""
+    base, fu = rp.baseline, rp.followup
+    base_n4, fu_n4 = rp.baseline_n4, rp.followup_n4
+    brain, icv, mask_method = rp.brain, rp.icv, rp.mask_method
+    sp = tuple(float(s) for s in base.GetSpacing())
+    tx = rp.transform
     b_deg, f_deg, res_info = match_profiles(base_n4, fu_n4, tx)
     f_res = sitk.Resample(f_deg, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     cover = sitk.Resample(sitk.Cast(fu * 0 + 1, sitk.sitkFloat32), base, tx, sitk.sitkLinear,
@@ -198,18 +256,18 @@ def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
         status = "fail"
     elif ncc < 0.8 or model.delta_mm > 1.0:
         status = "warn"
-    f_raw = sitk.Resample(fu, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    f_raw = rp.followup_in_baseline()
     info = {
         "mask_method": mask_method,
         "resolution": res_info,
         "noise": {"s0": round(model.s0, 5), "delta_mm": round(model.delta_mm, 4)},
         "registration": {
-            "method": f"rigid ({reg.backend}, Mattes MI)", "metric": round(reg.metric, 5),
-            "init": reg.init, "ncc_brain": round(ncc, 4),
+            "method": rp.registration["method"], "metric": rp.registration["metric"],
+            "init": rp.registration["init"], "ncc_brain": round(ncc, 4),
             "residual_misregistration_mm": round(model.delta_mm, 4),
             "quality": round(max(0.0, ncc), 4), "status": status,
-            "seconds": round(reg.seconds, 2)},
-        "seconds_preprocess": round(t_prep, 2),
+            "seconds": rp.registration["seconds"]},
+        "seconds_preprocess": rp.seconds_preprocess,
     }
     return ZPair(z=z, base=b, fu=f, brain=search, parenchyma=brain & covered, tissue=tissue,
                  edge_frac=edge_frac, baseline_bright=bright, followup_bright=fu_bright,
@@ -245,12 +303,36 @@ def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "fla
     there reaches ``extra_contrast_z`` gains ``extra_contrast_bonus`` evidence.
     """
     p = params or load_params()
+    _check_contrast(contrast)
+    t0 = time.perf_counter()
+    rp = register_pair(baseline, followup, threads=p.registration_threads, seed=p.seed)
+    return detect_registered(rp, contrast, region, p, extra, started=t0)
+
+
+def _check_contrast(contrast: str) -> str:
     c = contrast.lower()
     if c not in FINDINGS:
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {sorted(FINDINGS)}")
-    t0 = time.perf_counter()
-    zp = z_pair(baseline, followup, p)
-    base = sitk.Cast(baseline, sitk.sitkFloat32)
+    return c
+
+
+def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str = "brain",
+                      params: DetectParams | None = None,
+                      extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None,
+                      started: float | None = None) -> ChangeResult:
+    """Steps 3-7 of the module docstring on a :class:`RegisteredPair`:
+    ``detect_pair(b, f, ...) == detect_registered(register_pair(b, f, ...), ...)``.
+
+    Uses only the detection parameters of ``params`` (not
+    :data:`REGISTER_PARAMS`, except for registering ``extra`` pairs).
+    ``started``: ``time.perf_counter()`` at the start of the work, for
+    ``parameters["seconds"]`` (default: now).
+    """
+    p = params or load_params()
+    c = _check_contrast(contrast)
+    t0 = time.perf_counter() if started is None else started
+    zp = z_registered(rp, p)
+    base = rp.baseline
     sp = tuple(float(s) for s in base.GetSpacing())
     aff = sitk_affine_ras(base)
     allowed_pos = zp.brain.copy()
