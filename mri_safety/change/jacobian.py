@@ -7,9 +7,9 @@ diffeomorphic demons at reduced resolution (default 2 mm, three levels), with
 a smooth field (Gaussian, default 3 mm), so only shape change at the scale of
 tissue compartments is captured, not lesions. The smoothing makes ``J``
 underestimate sharp growth (a 3 mm rim around a phantom ventricle: 56 % found
-of 124 %), which is why the ventricle rule has a low margin (10 %). The Jacobian determinant ``J`` of the
-baseline -> follow-up mapping is the local volume ratio (follow-up /
-baseline): ``J > 1`` where tissue or fluid expanded.
+of 124 %), which is why the ventricle rule has a low margin (10 %). The
+Jacobian determinant ``J`` of the baseline -> follow-up mapping is the local
+volume ratio (follow-up / baseline): ``J > 1`` where tissue or fluid expanded.
 
 * Brain volume change = mean of ``J`` over the brain mask minus 1. ALS causes
   slow atrophy (about 0.5-1 % a year), which is expected, not a finding.
