@@ -76,12 +76,13 @@ def run_method(method: str, workdir: Path, threads: int) -> dict[str, float | st
     fixed = sitk.ReadImage(str(workdir / "baseline.nii.gz"), sitk.sitkFloat32)
     moving = sitk.ReadImage(str(workdir / "followup.nii.gz"), sitk.sitkFloat32)
     t_true = sitk.ReadTransform(str(workdir / "true.tfm"))
-    t0 = time.perf_counter()
+    cpu = time.process_time  # CPU seconds of this process, all threads
+    t0, c0 = time.perf_counter(), cpu()
     fc, _ = n4_correct(fixed)
     mc, _ = n4_correct(moving)
-    t_n4 = time.perf_counter()
+    t_n4, c_n4 = time.perf_counter(), cpu()
     mask = brain_masks(fc).brain
-    t_mask = time.perf_counter()
+    t_mask, c_mask = time.perf_counter(), cpu()
     if method == "ours":
         tr = register(fc, mc, mask, params=RigidParams(threads=threads)).transform
     elif method == "ants_synquick_r":
@@ -105,14 +106,16 @@ def run_method(method: str, workdir: Path, threads: int) -> dict[str, float | st
         tr = init
     else:
         raise ValueError(method)
-    t_reg = time.perf_counter()
+    t_reg, c_reg = time.perf_counter(), cpu()
     resample(mc, fc, tr)
-    t_end = time.perf_counter()
+    t_end, c_end = time.perf_counter(), cpu()
     d = displacement_mm(tr, t_true, mask_points(mask))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
     return {"method": method, "wall_s": t_end - t0, "n4_s": t_n4 - t0, "mask_s": t_mask - t_n4,
             "reg_s": t_reg - t_mask, "resample_s": t_end - t_reg, "tre_mean": float(d.mean()),
-            "tre_p95": float(np.percentile(d, 95)), "peak_rss_mib": rss}
+            "tre_p95": float(np.percentile(d, 95)), "peak_rss_mib": rss,
+            "cpu_s": c_end - c0, "n4_cpu": c_n4 - c0, "mask_cpu": c_mask - c_n4,
+            "reg_cpu": c_reg - c_mask, "load_end": f"{os.getloadavg()[0]:.2f}"}
 
 
 def write_results(rows: list[dict[str, float | str]], threads: int, load: str) -> None:
@@ -124,13 +127,17 @@ def write_results(rows: list[dict[str, float | str]], threads: int, load: str) -
              "(2 cores shared with other jobs: times are upper bounds when contended). "
              "Pair: brain-t1-3d at 1 mm vs the same head moved 7/-4/3 deg, 10/-6/4 mm, "
              "with bias field and Rician noise. Wall = N4 (both) + template masks "
-             "(baseline) + registration + resample. TRE over the brain mask.", "",
-             "| method | wall s | N4 s | masks s | reg s | TRE mean mm | TRE p95 mm | "
-             "peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+             "(baseline) + registration + resample. TRE over the brain mask. CPU = "
+             "process CPU seconds over all threads (wall >= CPU / 2 on 2 idle cores; "
+             "CPU does not grow with the load of other jobs).", "",
+             "| method | wall s | CPU s | N4 s (CPU) | masks s (CPU) | reg s (CPU) | "
+             "TRE mean mm | TRE p95 mm | peak RSS MiB | load at end |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['wall_s']:.1f} | {r['n4_s']:.1f} | {r['mask_s']:.1f} "
-                     f"| {r['reg_s']:.1f} | {r['tre_mean']:.3f} | {r['tre_p95']:.3f} | "
-                     f"{r['peak_rss_mib']:.0f} |")
+        lines.append(f"| {r['method']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['n4_s']:.1f} "
+                     f"({r['n4_cpu']:.1f}) | {r['mask_s']:.1f} ({r['mask_cpu']:.1f}) | "
+                     f"{r['reg_s']:.1f} ({r['reg_cpu']:.1f}) | {r['tre_mean']:.3f} | "
+                     f"{r['tre_p95']:.3f} | {r['peak_rss_mib']:.0f} | {r['load_end']} |")
     section = "\n".join(lines) + "\n"
     if SECTION in text:
         head, rest = text.split(SECTION, 1)
@@ -163,12 +170,14 @@ def main() -> None:
                                  check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"load average at start: {load}")
-    print(f"{'method':<18}{'wall s':>8}{'N4 s':>7}{'mask s':>8}{'reg s':>7}"
-          f"{'TRE mean':>10}{'TRE p95':>9}{'RSS MiB':>9}")
+    print(f"{'method':<18}{'wall s':>8}{'CPU s':>7}{'N4 s':>7}{'(CPU)':>7}{'mask s':>8}"
+          f"{'(CPU)':>7}{'reg s':>7}{'(CPU)':>7}{'TRE mean':>10}{'TRE p95':>9}{'RSS MiB':>9}"
+          f"{'load':>6}")
     for r in rows:
-        print(f"{r['method']:<18}{r['wall_s']:>8.1f}{r['n4_s']:>7.1f}{r['mask_s']:>8.1f}"
-              f"{r['reg_s']:>7.1f}{r['tre_mean']:>10.3f}{r['tre_p95']:>9.3f}"
-              f"{r['peak_rss_mib']:>9.0f}")
+        print(f"{r['method']:<18}{r['wall_s']:>8.1f}{r['cpu_s']:>7.1f}{r['n4_s']:>7.1f}"
+              f"{r['n4_cpu']:>7.1f}{r['mask_s']:>8.1f}{r['mask_cpu']:>7.1f}{r['reg_s']:>7.1f}"
+              f"{r['reg_cpu']:>7.1f}{r['tre_mean']:>10.3f}{r['tre_p95']:>9.3f}"
+              f"{r['peak_rss_mib']:>9.0f}{r['load_end']:>6}")
     if not a.no_write:
         write_results(rows, a.threads, load)
 

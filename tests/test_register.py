@@ -132,13 +132,32 @@ def test_halfway_square_root_and_resampling() -> None:
 def test_known_motion_3d_and_thick_slices() -> None:
     _, fixed, mask = brain_1mm()
     mv3d, thick, t_true = known_motion()
-    for name, mv, bar in (("3D 1 mm", mv3d, 0.3), ("2D 4 mm slabs", thick, 0.6)):
+    for name, mv in (("3D 1 mm", mv3d), ("2D 4 mm slabs", thick)):
         mvc, _ = n4_correct(mv)
         res = register(fixed, mvc, mask)
         mean, p95 = tre(res.transform, t_true, mask)
         print(f"known motion {name}: TRE mean {mean:.3f} mm, p95 {p95:.3f} mm, "
               f"init {res.init}, {res.seconds:.1f} s")
-        assert mean < bar, name
+        assert mean < 0.3, name  # the issue-4 bar, for 3D and for the 2D slab stack alike
+        assert p95 < 0.5, name
+
+
+@pytest.mark.slow
+def test_thick_stack_needs_the_fixes() -> None:
+    """The 2D slab case misses the bar with the old settings (whole-image gradient filter on the
+    4 mm grid, no upsampling) and meets it with the defaults: the defaults are what fix it."""
+    from dataclasses import replace
+
+    _, fixed, mask = brain_1mm()
+    _, thick, t_true = known_motion()
+    mvc, _ = n4_correct(thick)
+    old = replace(RigidParams(), gradient_filter=True, upsample_mm=None)
+    mean_old, _ = tre(register(fixed, mvc, mask, params=old).transform, t_true, mask)
+    mean_new, _ = tre(register(fixed, mvc, mask).transform, t_true, mask)
+    print(f"2D slabs: TRE mean {mean_old:.3f} mm (gradient filter, no upsampling) -> "
+          f"{mean_new:.3f} mm (defaults)")
+    assert mean_old > 0.3
+    assert mean_new < 0.3
 
 
 @pytest.mark.slow

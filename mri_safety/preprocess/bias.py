@@ -27,7 +27,11 @@ class BiasParams:
         each axis is shrunk by ``round(shrink_mm / spacing)`` (at least 1), so a
         4 mm thick-slice axis is not shrunk further.
     iterations: maximum iterations per fitting level (one entry per level).
-    convergence: N4 convergence threshold.
+    convergence: N4 convergence threshold (per fitting level). 2e-3: on a 1 mm
+        head the fit at 1e-3 never converged and ran all 130 iterations (~5 s CPU);
+        at 2e-3 it stops after ~14-20 iterations per level (~1.9 s) and a known
+        +-30 % field on a real FLAIR is still removed (log-ratio SD 0.093 ->
+        0.0196, vs 0.0189 at 1e-3).
     spline_distance_mm: B-spline control-point spacing in world mm at the first
         (coarsest) fitting level; each further level halves it (None: SimpleITK
         default of 4 control points per axis). Default 100 mm with 3 levels
@@ -40,7 +44,7 @@ class BiasParams:
 
     shrink_mm: float = 4.0
     iterations: tuple[int, ...] = (50, 50, 30)
-    convergence: float = 1e-3
+    convergence: float = 2e-3
     spline_distance_mm: float | None = 100.0
     threads: int = 2
 
@@ -74,11 +78,13 @@ def n4_correct(image: sitk.Image, mask: sitk.Image | None = None,
     stats.Execute(img)
     if stats.GetMinimum() < 0:
         img = img - stats.GetMinimum()
-    m = head_mask(img) if mask is None else sitk.Cast(mask > 0, sitk.sitkUInt8)
     shrink = [max(1, min(int(round(p.shrink_mm / sp)), sz // 4))
               for sp, sz in zip(img.GetSpacing(), img.GetSize(), strict=False)]
     small = sitk.Shrink(img, shrink)
-    small_mask = sitk.Shrink(m, shrink)
+    # the default head mask is computed on the shrunk copy (the fit only sees that grid);
+    # Otsu + fill-hole at full resolution cost more than the N4 fit itself on a 1 mm head
+    small_mask = (head_mask(small) if mask is None
+                  else sitk.Shrink(sitk.Cast(mask > 0, sitk.sitkUInt8), shrink))
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations(list(p.iterations))
     n4.SetConvergenceThreshold(p.convergence)

@@ -32,10 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from mri_safety.preprocess.bias import head_mask
 from mri_safety.register.rigid import RegistrationResult, RigidParams, register
 from mri_safety.register.transforms import nib_to_sitk
 
@@ -92,18 +92,30 @@ def mni_template(resolution: int = 2) -> tuple[sitk.Image, sitk.Image, sitk.Imag
 
     ``brain_prob`` is GM+WM probability with interior holes (ventricles) set to 1;
     ``intracranial`` is the template's skull-stripped non-zero region, closed (UInt8).
+    The 1 mm package images are block-averaged to ``resolution`` mm (nilearn's own
+    2 mm resampling is a spline resampling that took ~2 s per image).
     """
     from nilearn import datasets
 
-    t1 = nib_to_sitk(datasets.load_mni152_template(resolution=resolution), np.float32)
-    gm = nib_to_sitk(datasets.load_mni152_gm_template(resolution=resolution), np.float32)
-    wm = nib_to_sitk(datasets.load_mni152_wm_template(resolution=resolution), np.float32)
+    def load(img: nib.spatialimages.SpatialImage) -> sitk.Image:
+        out = nib_to_sitk(img, np.float32)
+        return sitk.BinShrink(out, [resolution] * 3) if resolution > 1 else out
+
+    t1 = load(datasets.load_mni152_template(resolution=1))
+    gm = load(datasets.load_mni152_gm_template(resolution=1))
+    wm = load(datasets.load_mni152_wm_template(resolution=1))
     prob = sitk.Clamp(gm + wm, sitk.sitkFloat32, 0.0, 1.0)
     filled = sitk.BinaryFillhole(sitk.Cast(prob > 0.5, sitk.sitkUInt8))
     prob = sitk.Maximum(prob, sitk.Cast(filled, sitk.sitkFloat32))
     icv = sitk.Cast(t1 > 0.05, sitk.sitkUInt8)
     icv = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(icv, [2, 2, 2]))
     return t1, prob, icv
+
+
+@lru_cache(maxsize=4)
+def _metric_mask(resolution: int, dilate_mm: float) -> sitk.Image:
+    t1, prob, _ = mni_template(resolution)
+    return sitk.BinaryDilate(sitk.Cast(prob > 0.5, sitk.sitkUInt8), _radius(t1, dilate_mm))
 
 
 def _radius(img: sitk.Image, mm: float) -> list[int]:
@@ -115,20 +127,61 @@ def _largest(mask: sitk.Image) -> sitk.Image:
     return sitk.Cast(cc == 1, sitk.sitkUInt8)
 
 
+def _work_region(img: sitk.Image, icv: sitk.Image, template_to_subject: sitk.Transform,
+                 pad_mm: float) -> tuple[list[int], list[int]]:
+    """Index box ``(start, size)`` of ``img`` covering the warped template region + ``pad_mm``.
+
+    The corners of the template intracranial bounding box are mapped to the
+    subject (an affine maps the box into the hull of its mapped corners).
+    """
+    lab = sitk.LabelShapeStatisticsImageFilter()
+    lab.Execute(icv)
+    bb = lab.GetBoundingBox(1)
+    lo_t, hi_t = np.asarray(bb[:3], float) - 1, np.asarray(bb[:3], float) + bb[3:]
+    idx = []
+    for c in range(8):
+        corner = [hi_t[d] if (c >> d) & 1 else lo_t[d] for d in range(3)]
+        pt = template_to_subject.TransformPoint(icv.TransformContinuousIndexToPhysicalPoint(corner))
+        idx.append(img.TransformPhysicalPointToContinuousIndex(pt))
+    arr = np.asarray(idx)
+    pad = np.ceil(pad_mm / np.asarray(img.GetSpacing())) + 2
+    size = np.asarray(img.GetSize())
+    lo = np.clip(np.floor(arr.min(0) - pad), 0, size - 1).astype(int)
+    hi = np.clip(np.ceil(arr.max(0) + pad), 0, size - 1).astype(int)
+    return [int(v) for v in lo], [int(v) for v in hi - lo + 1]
+
+
+def _head_in(img: sitk.Image, crop: sitk.Image) -> sitk.Image:
+    """Head foreground on ``crop``: Otsu threshold of the whole ``img`` (from a ~2 mm copy),
+    largest component in the crop, holes filled (as :func:`head_mask`)."""
+    f = [max(1, int(round(2.0 / s))) for s in img.GetSpacing()]
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(128)
+    otsu.SetInsideValue(0)
+    otsu.SetOutsideValue(1)
+    otsu.Execute(sitk.Shrink(img, f))
+    m = _largest(sitk.Cast(crop > otsu.GetThreshold(), sitk.sitkUInt8))
+    return sitk.BinaryFillhole(m, fullyConnected=False, foregroundValue=1)
+
+
 def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMasks:
     """Brain and intracranial masks of a (preferably bias-corrected) head image.
 
     Works for T1, T2 and FLAIR, 3D or thick-slice 2D, full or partial head
     coverage (only the covered part is masked). Raises ``ValueError`` if the
-    template cannot be fitted (empty warped mask).
+    template cannot be fitted (empty warped mask). The post-processing runs on
+    the subject box covering the warped template (+ the band and dilation
+    widths), which gives the same masks as the full grid at ~1/4 of the cost.
     """
     p = params or MaskParams()
-    img = sitk.Cast(image, sitk.sitkFloat32)
+    full = sitk.Cast(image, sitk.sitkFloat32)
     t1, prob, icv = mni_template(p.template_resolution)
-    metric_mask = sitk.BinaryDilate(sitk.Cast(prob > 0.5, sitk.sitkUInt8),
-                                    _radius(t1, p.metric_dilate_mm))
-    res = register(t1, img, metric_mask, None, p.registration)
+    metric_mask = _metric_mask(p.template_resolution, p.metric_dilate_mm)
+    res = register(t1, full, metric_mask, None, p.registration)
     inv = res.transform.GetInverse()  # subject -> template points
+    start, size = _work_region(full, icv, res.transform,
+                               max(p.band_mm, p.icv_dilate_mm) + 2.0)
+    img = sitk.RegionOfInterest(full, size, start)
     bprob = sitk.Resample(prob, img, inv, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     brain0 = sitk.Cast(bprob > 0.5, sitk.sitkUInt8)
     icv_w = sitk.Resample(sitk.Cast(icv, sitk.sitkFloat32), img, inv, sitk.sitkLinear, 0.0,
@@ -154,10 +207,21 @@ def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMas
     brain = _largest(brain)
     brain = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(brain, [1, 1, 1]))
 
-    head = head_mask(img)
+    head = _head_in(full, img)
     icv1 = sitk.Or(icv0, sitk.BinaryDilate(brain, _radius(img, p.icv_dilate_mm)))
     intracranial = sitk.Or(sitk.And(icv1, head), brain)
     intracranial = sitk.BinaryFillhole(_largest(intracranial))
-    return BrainMasks(brain=sitk.Cast(brain, sitk.sitkUInt8),
-                      intracranial=sitk.Cast(intracranial, sitk.sitkUInt8),
+    return BrainMasks(brain=_paste(brain, full, start),
+                      intracranial=_paste(intracranial, full, start),
                       template_to_subject=res.transform, registration=res)
+
+
+def _paste(crop: sitk.Image, full: sitk.Image, start: list[int]) -> sitk.Image:
+    """Put a UInt8 ``crop`` (taken at index ``start``) back into a zero image on ``full``'s grid."""
+    out = np.zeros(full.GetSize()[::-1], np.uint8)
+    c = sitk.GetArrayViewFromImage(crop)
+    out[start[2]:start[2] + c.shape[0], start[1]:start[1] + c.shape[1],
+        start[0]:start[0] + c.shape[2]] = c
+    img = sitk.GetImageFromArray(out)
+    img.CopyInformation(full)
+    return img
