@@ -70,7 +70,10 @@ class Anatomy:
         return (self.probs[GM] + self.probs[WM]) >= thr
 
     def intracranial_mask(self, thr: float = 0.5) -> np.ndarray:
-        return (self.probs[GM] + self.probs[WM] + self.probs[CSF]) >= thr
+        """GM + WM + CSF >= ``thr``, holes filled (at 1 mm, vessel and partial-volume
+        voxels inside the brain would otherwise make holes that break depth maps)."""
+        return np.asarray(ndi.binary_fill_holes(
+            (self.probs[GM] + self.probs[WM] + self.probs[CSF]) >= thr))
 
 
 def load_head() -> nib.Nifti1Image:
