@@ -37,6 +37,8 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from mri_safety.register.rigid import upsample_thick_axes
+
 
 @dataclass(frozen=True)
 class SpineRegistration:
@@ -87,7 +89,8 @@ def metric_mask(canal: sitk.Image, margin_mm: float = 6.0) -> sitk.Image:
 
 def register_spine(baseline: sitk.Image, followup: sitk.Image, baseline_canal: sitk.Image, *,
                    mask_margin_mm: float = 6.0, mesh_mm: float | None = 20.0,
-                   threads: int = 1, bins: int = 32) -> SpineRegistration:
+                   threads: int = 1, bins: int = 32, upsample_mm: float | None = 1.0,
+                   gradient_filter: bool = True) -> SpineRegistration:
     """Register ``followup`` to ``baseline`` with a cord-focused rigid + coarse B-spline.
 
     ``baseline_canal``: canal (CSF + cord) or cord mask on the baseline grid
@@ -95,6 +98,12 @@ def register_spine(baseline: sitk.Image, followup: sitk.Image, baseline_canal: s
     by ``mask_margin_mm`` and restricts the metric. ``mesh_mm``: B-spline
     control-point spacing in mm (None: rigid only). ``threads``: ITK threads
     of the registration (fixed, so results do not depend on the machine).
+    ``upsample_mm``: a thick-slice follow-up (2D stack, e.g. 3 mm sagittal) is
+    first B-spline resampled along its thick axes to this spacing (None: never;
+    see :func:`mri_safety.register.rigid.upsample_thick_axes`).
+    ``gradient_filter``: ITK whole-image gradient filter (True, default: every
+    mask voxel is sampled, so a gradient image is the cheaper way) or central
+    differences at the sample points (False).
     Returns transforms mapping baseline to follow-up points (LPS mm).
     """
     _check(baseline, "baseline")
@@ -102,13 +111,15 @@ def register_spine(baseline: sitk.Image, followup: sitk.Image, baseline_canal: s
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     with _itk_threads(threads):
+        if upsample_mm is not None:
+            followup = upsample_thick_axes(followup, upsample_mm)
         return _register(baseline, followup, baseline_canal, mask_margin_mm, mesh_mm, threads,
-                         bins)
+                         bins, gradient_filter)
 
 
 def _register(baseline: sitk.Image, followup: sitk.Image, baseline_canal: sitk.Image,
               mask_margin_mm: float, mesh_mm: float | None, threads: int,
-              bins: int) -> SpineRegistration:
+              bins: int, gradient_filter: bool = True) -> SpineRegistration:
     fixed = sitk.Cast(baseline, sitk.sitkFloat32)
     moving = sitk.Cast(followup, sitk.sitkFloat32)
     mask = metric_mask(baseline_canal, mask_margin_mm)
@@ -127,6 +138,9 @@ def _register(baseline: sitk.Image, followup: sitk.Image, baseline_canal: sitk.I
     reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
+    if not gradient_filter:
+        reg.MetricUseFixedImageGradientFilterOff()
+        reg.MetricUseMovingImageGradientFilterOff()
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
                                                  numberOfIterations=200,
                                                  gradientMagnitudeTolerance=1e-8)
@@ -152,6 +166,9 @@ def _register(baseline: sitk.Image, followup: sitk.Image, baseline_canal: sitk.I
         reg2.SetMetricSamplingStrategy(reg2.NONE)
         reg2.SetMetricFixedMask(mask)
         reg2.SetInterpolator(sitk.sitkLinear)
+        if not gradient_filter:
+            reg2.MetricUseFixedImageGradientFilterOff()
+            reg2.MetricUseMovingImageGradientFilterOff()
         reg2.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-6, numberOfIterations=50,
                                   maximumNumberOfCorrections=5,
                                   maximumNumberOfFunctionEvaluations=100)
