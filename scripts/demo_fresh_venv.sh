@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The README's first command from a clean clone in a fresh virtual environment:
+#
+#   bash scripts/demo_fresh_venv.sh [WORKDIR]
+#
+# 1. git clone of this checkout's HEAD (committed work only) into WORKDIR
+#    (default: a new temporary folder, removed at the end unless KEEP=1),
+# 2. python3 -m venv (no system site-packages: dependencies come from PyPI),
+# 3. in the clone, exactly the README's command:
+#       python3 -m pip install -e . && mri-safety demo
+# 4. checks the demo's outputs: BIDS NIfTI + sidecars, one visit summary per
+#    visit, a run summary without failures, stage manifests, evidence pictures.
+#
+# Prints the time of each step. Exit 0 when everything is there.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-}
+if [ -z "$work" ]; then
+  work=$(mktemp -d -t mri-safety-fresh-XXXXXX)
+  [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
+fi
+mkdir -p "$work"
+t0=$(date +%s)
+git clone --quiet "$repo" "$work/mri-safety"
+python3 -m venv "$work/venv"
+# shellcheck disable=SC1091
+source "$work/venv/bin/activate"
+cd "$work/mri-safety"
+echo "== clone + venv: $(( $(date +%s) - t0 )) s (HEAD $(git rev-parse --short HEAD))"
+
+t1=$(date +%s)
+# the README's first command, verbatim
+python3 -m pip install -e . && mri-safety demo
+t2=$(date +%s)
+echo "== README command (install + demo): $(( t2 - t1 )) s"
+
+demo="$work/mri-safety/mri-safety-demo"
+python3 - "$demo" <<'PY'
+import json, sys
+from pathlib import Path
+
+demo = Path(sys.argv[1])
+res = demo / "results"
+nifti = sorted((res / "bids").rglob("*.nii.gz"))
+assert nifti, "no BIDS NIfTI written"
+for n in nifti:
+    assert n.with_name(n.name.replace(".nii.gz", ".json")).is_file(), f"{n}: no sidecar"
+run = json.loads((res / "run_summary.json").read_text())
+assert not run["failures"], run["failures"]
+visits = sorted((res / "visits").glob("sub-*/ses-*/visit_summary.json"))
+assert len(visits) == len(run["visits"]) >= 3, (visits, run["visits"])
+n_cmp = 0
+for v in visits:
+    doc = json.loads(v.read_text())
+    for c in doc["comparisons"]:
+        n_cmp += 1
+        assert (res / c["manifest"]).is_file() and (res / c["register_manifest"]).is_file()
+        assert (res / c["evidence"] / "regcheck.png").is_file()
+assert n_cmp > 0, "no comparisons"
+assert (res / "logs" / "run.log").is_file()
+assert (demo / "trial" / "ground_truth").is_dir()
+print(f"demo outputs OK: {len(nifti)} NIfTI, {len(visits)} visits, {n_cmp} comparisons, "
+      f"computed {run['computed']}")
+PY
+echo "== total: $(( $(date +%s) - t0 )) s"
