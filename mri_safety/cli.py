@@ -309,7 +309,13 @@ def demo(
     trial = out / "trial"
     if not (trial / "enrolment.csv").exists():
         console.print(f"generating a synthetic trial in {trial} ...")
-        synth_main(trial, patients, 0, "small")
+        try:
+            synth_main(trial, patients, 0, "small")
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]error:[/] {exc}\nThe synthetic anatomy is read from the data "
+                          "folder: ../shared/data beside this checkout, or set "
+                          "MRI_SAFETY_DATA=/path (see README).", soft_wrap=True)
+            raise typer.Exit(1) from exc
         if not full:
             for series in sorted((trial / "dicom").glob("*/*/*")):
                 if series.is_dir() and series.name not in DEMO_SERIES:

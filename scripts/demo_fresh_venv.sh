@@ -6,6 +6,7 @@
 # 1. git clone of this checkout's HEAD (committed work only) into WORKDIR
 #    (default: a new temporary folder, removed at the end unless KEEP=1),
 # 2. python3 -m venv (no system site-packages: dependencies come from PyPI),
+#    MRI_SAFETY_DATA pointing at the data folder (the demo's synthetic anatomy),
 # 3. in the clone, exactly the README's command:
 #       python3 -m pip install -e . && mri-safety demo
 # 4. checks the demo's outputs: BIDS NIfTI + sidecars, one visit summary per
@@ -20,6 +21,11 @@ if [ -z "$work" ]; then
   [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
 fi
 mkdir -p "$work"
+# The synthetic anatomy comes from the data folder (README: ../shared/data
+# beside the checkout, or MRI_SAFETY_DATA); the clone is elsewhere, so point
+# it at the data folder beside THIS checkout unless already set.
+export MRI_SAFETY_DATA=${MRI_SAFETY_DATA:-$(realpath -m "$repo/../shared/data")}
+[ -d "$MRI_SAFETY_DATA" ] || { echo "data folder $MRI_SAFETY_DATA not found" >&2; exit 1; }
 t0=$(date +%s)
 git clone --quiet "$repo" "$work/mri-safety"
 python3 -m venv "$work/venv"
