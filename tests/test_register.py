@@ -151,7 +151,7 @@ def test_thick_stack_needs_the_fixes() -> None:
     _, fixed, mask = brain_1mm()
     _, thick, t_true = known_motion()
     mvc, _ = n4_correct(thick)
-    old = replace(RigidParams(), gradient_filter=True, upsample_mm=None)
+    old = replace(RigidParams(), gradient_filter="all", upsample_mm=None)
     mean_old, _ = tre(register(fixed, mvc, mask, params=old).transform, t_true, mask)
     mean_new, _ = tre(register(fixed, mvc, mask).transform, t_true, mask)
     print(f"2D slabs: TRE mean {mean_old:.3f} mm (gradient filter, no upsampling) -> "

@@ -35,6 +35,7 @@ from functools import lru_cache
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from mri_safety.register.rigid import RegistrationResult, RigidParams, register
 from mri_safety.register.transforms import nib_to_sitk
@@ -122,11 +123,6 @@ def _radius(img: sitk.Image, mm: float) -> list[int]:
     return [max(1, int(round(mm / s))) for s in img.GetSpacing()]
 
 
-def _largest(mask: sitk.Image) -> sitk.Image:
-    cc = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-    return sitk.Cast(cc == 1, sitk.sitkUInt8)
-
-
 def _work_region(img: sitk.Image, icv: sitk.Image, template_to_subject: sitk.Transform,
                  pad_mm: float) -> tuple[list[int], list[int]]:
     """Index box ``(start, size)`` of ``img`` covering the warped template region + ``pad_mm``.
@@ -151,17 +147,28 @@ def _work_region(img: sitk.Image, icv: sitk.Image, template_to_subject: sitk.Tra
     return [int(v) for v in lo], [int(v) for v in hi - lo + 1]
 
 
-def _head_in(img: sitk.Image, crop: sitk.Image) -> sitk.Image:
-    """Head foreground on ``crop``: Otsu threshold of the whole ``img`` (from a ~2 mm copy),
-    largest component in the crop, holes filled (as :func:`head_mask`)."""
+def _largest_arr(mask: np.ndarray) -> np.ndarray:
+    """Largest 6-connected component of a boolean array (empty stays empty)."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask.astype(bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return np.asarray(lab == int(np.argmax(sizes)))
+
+
+def _head_in(img: sitk.Image, crop: sitk.Image) -> np.ndarray:
+    """Head foreground on ``crop`` as a boolean ``[k, j, i]`` array: Otsu threshold of the
+    whole ``img`` (from a ~2 mm copy), largest component in the crop, holes filled
+    (as :func:`mri_safety.preprocess.bias.head_mask`)."""
     f = [max(1, int(round(2.0 / s))) for s in img.GetSpacing()]
     otsu = sitk.OtsuThresholdImageFilter()
     otsu.SetNumberOfHistogramBins(128)
     otsu.SetInsideValue(0)
     otsu.SetOutsideValue(1)
     otsu.Execute(sitk.Shrink(img, f))
-    m = _largest(sitk.Cast(crop > otsu.GetThreshold(), sitk.sitkUInt8))
-    return sitk.BinaryFillhole(m, fullyConnected=False, foregroundValue=1)
+    m = _largest_arr(sitk.GetArrayViewFromImage(crop) > otsu.GetThreshold())
+    return np.asarray(ndi.binary_fill_holes(m))
 
 
 def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMasks:
@@ -201,16 +208,20 @@ def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMas
     band = outer & ~core
     tissue = (arr >= lo) & (arr <= hi)
     brain_arr = core | (band & tissue)
+    # opening / closing with the 6-neighbour cross and 6-connected hole filling in
+    # scipy: same operations as ITK's radius-1 ball, ~5x cheaper here
+    cross = ndi.generate_binary_structure(3, 1)
+    brain_arr = _largest_arr(ndi.binary_opening(brain_arr, cross))
+    brain_arr = ndi.binary_fill_holes(ndi.binary_closing(brain_arr, cross))
     brain = sitk.GetImageFromArray(brain_arr.astype(np.uint8))
     brain.CopyInformation(img)
-    brain = sitk.BinaryMorphologicalOpening(brain, [1, 1, 1])
-    brain = _largest(brain)
-    brain = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(brain, [1, 1, 1]))
 
     head = _head_in(full, img)
-    icv1 = sitk.Or(icv0, sitk.BinaryDilate(brain, _radius(img, p.icv_dilate_mm)))
-    intracranial = sitk.Or(sitk.And(icv1, head), brain)
-    intracranial = sitk.BinaryFillhole(_largest(intracranial))
+    dil = sitk.GetArrayViewFromImage(sitk.BinaryDilate(brain, _radius(img, p.icv_dilate_mm))) > 0
+    icv1 = (sitk.GetArrayViewFromImage(icv0) > 0) | dil
+    icv_arr = ndi.binary_fill_holes(_largest_arr((icv1 & head) | brain_arr))
+    intracranial = sitk.GetImageFromArray(icv_arr.astype(np.uint8))
+    intracranial.CopyInformation(img)
     return BrainMasks(brain=_paste(brain, full, start),
                       intracranial=_paste(intracranial, full, start),
                       template_to_subject=res.transform, registration=res)
