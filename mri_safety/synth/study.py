@@ -79,7 +79,13 @@ SCHEDULES: tuple[tuple[tuple[str, ...], ...], ...] = (
      ("lesion_wm", "ventricles"), ()),
     (("infarct",), ("mass", "ventricles"), (), ("lesion_pv",), ("enhancing",)),
 )
-SPINE_SCHEDULE: tuple[tuple[str, ...], ...] = ((), ("cord_lesion",), ("syrinx",), (), (), ())
+#: New spine abnormalities per follow-up (24h, M2, M4, M6, M12), cycled over patients.
+#: The second patient's 24h visit has nothing new in brain or spine (a no-change visit).
+SPINE_SCHEDULES: tuple[tuple[tuple[str, ...], ...], ...] = (
+    ((), ("cord_lesion",), ("syrinx",), (), ()),
+    ((), ("syrinx",), (), ("cord_lesion",), ()),
+    (("syrinx",), (), (), (), ()),
+)
 
 
 def _series_specs(p: Preset, fu: bool, rng: np.random.Generator) -> list[AcqSpec]:
@@ -315,7 +321,7 @@ def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
     abns = _make_abnormalities(anat, pidx, len(p.visits), rng)
     spine_abns: list[dict[str, Any]] = []
     for v in range(1, len(p.visits)):
-        for kind in SPINE_SCHEDULE[(pidx + v - 1) % len(SPINE_SCHEDULE)]:
+        for kind in SPINE_SCHEDULES[pidx % len(SPINE_SCHEDULES)][v - 1]:
             spine_abns.append({"kind": kind, "appears": v, "seed": int(rng.integers(1 << 30)),
                                "level_rank": float(rng.uniform(0.2, 0.8)),
                                "length_mm": float(rng.uniform(6, 12) if kind == "cord_lesion"
