@@ -22,7 +22,9 @@ parameters, the package versions, host, start and end times and duration.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import importlib.metadata
 import inspect
 import json
@@ -77,6 +79,14 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+@functools.cache
+def _source_digest(path: Path) -> str:
+    """Digest of a source file, read once per process: a long-lived worker
+    runs the code it imported, so its keys must not follow later edits of the
+    files on disk (a new worker or run picks them up)."""
+    return file_digest(path)
+
+
 def _module_files(name: str) -> list[Path]:
     """Source files of module ``name`` (every ``.py`` below it for a package)."""
     import importlib.util
@@ -100,13 +110,16 @@ def code_version(fn: Callable[..., Any], deps: tuple[str, ...] = ()) -> str:
         src = None
     files = [Path(src)] if src and os.path.exists(src) else []
     for name in deps:
+        importlib.import_module(name)  # loaded now, hashed now (see _source_digest)
         files.extend(_module_files(name))
     if not files:
         return f"{__version__}+nosource"
+    if not deps:
+        return f"{__version__}+{file_digest(files[0])[:16]}"
     h = hashlib.sha256()
     for f in files:
-        h.update(file_digest(f).encode())
-    digest = h.hexdigest()[:16] if deps else file_digest(files[0])[:16]
+        h.update(_source_digest(f).encode())
+    digest = h.hexdigest()[:16]
     return f"{__version__}+{digest}"
 
 

@@ -114,7 +114,8 @@ def test_stable_manifest_drops_time_and_host(tmp_path):
 
 def test_edited_library_dependency_reruns(tmp_path, store, monkeypatch):
     """A library module listed in ``code_deps`` is part of the code version:
-    editing it re-runs the stage; an unrelated module's edit does not."""
+    editing it re-runs the stage (in a new process: a running one keeps the
+    key of the code it loaded); an unrelated module's edit does not."""
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "dep_mod.py").write_text("FACTOR = 2\n")
@@ -126,6 +127,12 @@ def test_edited_library_dependency_reruns(tmp_path, store, monkeypatch):
     (lib / "other_mod.py").write_text("X = 2\n")
     b = store.run("double", double, {"x": x}, code_deps=("dep_mod",))
     (lib / "dep_mod.py").write_text("FACTOR = 3\n")
+    # this process still runs the code it imported: same key until a new process
+    same = store.run("double", double, {"x": x}, code_deps=("dep_mod",))
+    assert not same.computed and same.digest == a.digest
+    from pipelines import cache
+
+    cache._source_digest.cache_clear()  # what a fresh worker process sees
     c = store.run("double", double, {"x": x}, code_deps=("dep_mod",))
     assert a.computed and not b.computed and c.computed
     assert a.digest == b.digest != c.digest

@@ -66,6 +66,12 @@ def _digests(out: Path) -> dict[str, str]:
             for p in sorted(files)}
 
 
+def _keys(out: Path) -> set[str]:
+    """stage/digest of every finished stage output."""
+    return {str(p.parent.relative_to(out / "work"))
+            for p in (out / "work").glob("*/*/manifest.json")}
+
+
 @pytest.fixture(scope="module")
 def first(trial, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
@@ -100,6 +106,49 @@ def test_visits_and_candidates(first):
                 "register"
         assert doc["status"] in ("candidates flagged",
                                  "no candidates flagged: full read and sign-off still needed")
+
+
+def test_killed_worker_run_completes_identically(trial, first, tmp_path):
+    """SIGKILL one worker process while it runs a stage: the nanny restarts it,
+    the scheduler re-runs its task elsewhere, the run completes without
+    failures and every output is byte-identical to the uninterrupted run."""
+    import threading
+
+    from distributed import Client
+
+    from pipelines.cluster import local_cluster
+
+    ref_out, _ = first
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def killer(client: Client) -> None:
+        deadline = time.time() + 900
+        while time.time() < deadline and not killed:
+            if list((out / "work" / "register").glob("*/manifest.json")):
+                busy = [w for w, keys in client.processing().items()
+                        if any("_run_register" in str(k) or "_run_detect" in str(k)
+                               for k in keys)]
+                if busy:
+                    pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.2)
+
+    with local_cluster(n_workers=2) as c, Client(c) as client:
+        before = set(client.run(os.getpid).values())
+        t = threading.Thread(target=killer, args=(client,), daemon=True)
+        t.start()
+        summary = _run(trial, out, client=client)
+        t.join(timeout=5)
+        after = set(client.run(os.getpid).values())
+    assert killed and killed[0] in before and killed[0] not in after
+    assert not summary.failures, summary.failures
+    assert sum(summary.computed.values()) == 30
+    assert not list((out / "work").glob("*/.tmp-*"))
+    assert _keys(out) == _keys(ref_out), "stage keys differ: code edited during the test?"
+    assert _digests(out) == _digests(ref_out)
 
 
 def test_rerun_reuses_everything(trial, first):
@@ -231,48 +280,6 @@ def test_killed_run_resumes_to_identical_outputs(trial, first, tmp_path):
     assert sum(resumed.computed.values()) + sum(resumed.reused.values()) == 30
     assert resumed.computed.get("register", 0) <= 4
     assert finished <= {p.parent.name for p in (out / "work").glob("*/*/manifest.json")}
-    assert _digests(out) == _digests(ref_out)
-
-
-def test_killed_worker_run_completes_identically(trial, first, tmp_path):
-    """SIGKILL one worker process while it runs a stage: the nanny restarts it,
-    the scheduler re-runs its task elsewhere, the run completes without
-    failures and every output is byte-identical to the uninterrupted run."""
-    import threading
-
-    from distributed import Client
-
-    from pipelines.cluster import local_cluster
-
-    ref_out, _ = first
-    out = tmp_path / "out"
-    killed: list[int] = []
-
-    def killer(client: Client) -> None:
-        deadline = time.time() + 900
-        while time.time() < deadline and not killed:
-            if list((out / "work" / "register").glob("*/manifest.json")):
-                busy = [w for w, keys in client.processing().items()
-                        if any("_run_register" in str(k) or "_run_detect" in str(k)
-                               for k in keys)]
-                if busy:
-                    pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
-            time.sleep(0.2)
-
-    with local_cluster(n_workers=2) as c, Client(c) as client:
-        before = set(client.run(os.getpid).values())
-        t = threading.Thread(target=killer, args=(client,), daemon=True)
-        t.start()
-        summary = _run(trial, out, client=client)
-        t.join(timeout=5)
-        after = set(client.run(os.getpid).values())
-    assert killed and killed[0] in before and killed[0] not in after
-    assert not summary.failures, summary.failures
-    assert sum(summary.computed.values()) == 30
-    assert not list((out / "work").glob("*/.tmp-*"))
     assert _digests(out) == _digests(ref_out)
 
 
