@@ -3,7 +3,7 @@
 Images are SimpleITK images (LPS+ geometry, world mm; see
 :mod:`mri_safety.register.transforms`). N4 at full resolution costs ~12 s per
 1 mm volume on 2 cores; fitting the B-spline field on a 4x shrunk copy and
-evaluating it on the full grid (``GetLogBiasFieldAsImage``) takes ~2 s and gives
+evaluating it on the full grid (``GetLogBiasFieldAsImage``) takes ~1-2 s and gives
 a visually identical field, because the field is smooth by construction.
 
 N4 itself is deterministic (no random sampling); the result does not depend on

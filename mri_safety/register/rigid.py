@@ -18,12 +18,18 @@ evaluated where it matters and the cost does not depend on the field of view.
 Determinism (see also ``RigidParams.round_decimals``): metric sampling is
 either ``"regular"`` (a fixed grid) or
 ``"random"`` with a fixed seed, so the sample points never depend on threads;
-the thread count used by the metric is a stage parameter (``threads``), so
-results on any machine, local or SLURM, are bit-identical for the same
-parameters. Initialisation tries the scanner (physical) geometry and a
-centre-of-mass alignment, runs the coarsest level from both, and keeps the
-better metric value, which makes different slice thickness, 2D vs 3D and
-different patient positions (HFS/HFP/decubitus) start in the right basin.
+the metric and optimizer run on ``metric_threads`` ITK threads (default 1,
+with the process-wide ITK default set to the same for the call), because ITK's
+multithreaded metric sums per-thread partial results in a run-dependent order:
+two repeated 2-thread runs differed at ~2e-11 mm, which no fixed rounding can
+hide when a value sits on a rounding boundary (observed). With one metric
+thread, runs on any machine, local or SLURM, are bit-identical for the same
+parameters whatever ``threads`` or the machine's default thread count.
+
+Initialisation tries the scanner (physical) geometry and a centre-of-mass
+alignment, runs the coarsest level from both, and keeps the better metric
+value, which makes different slice thickness, 2D vs 3D and different patient
+positions (HFS/HFP/decubitus) start in the right basin.
 
 The ``"ants"`` backend calls ``ants.registration`` (antspyx) in its own
 temporary directory (antspyx globs the output prefix; a stray file crashed it)
@@ -35,6 +41,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -64,13 +72,15 @@ class RigidParams:
     crop_margin_mm: margin around the fixed mask bounding box kept for the metric.
     init: ``"auto"`` (best of ``"physical"`` and ``"moments"`` at the coarsest
         level), ``"physical"`` (identity in scanner coordinates) or ``"moments"``.
-    threads: ITK threads used by the registration (stage parameter; the result
-        is independent of the machine's default thread count).
+    threads: kept for callers; the image filters of the stage (pyramid,
+        upsampling) use the process-wide ITK default and are exact for any
+        thread count, so the result does not depend on it.
+    metric_threads: ITK threads of the metric/optimizer (default 1: bit-identical
+        repeated runs; more threads are faster but repeated runs can differ at
+        ~1e-11 mm, see the module docstring).
     round_decimals: final transform parameters are rounded to this many decimals
-        (mm / rad): ITK's multithreaded metric sums partial results per thread,
-        so the last bit (~1e-16) of the parameters depends on the thread count;
-        rounding to 1e-9 makes them bit-identical for any thread count while
-        being geometrically irrelevant.
+        (mm / rad), geometrically irrelevant; kept so parameters print and
+        compare cleanly.
     ants_type: antspyx ``type_of_transform`` for the ``"ants"`` backend
         (default chosen from ``transform``).
     upsample_mm: thick-slice moving images (2D stacks) are B-spline resampled,
@@ -108,6 +118,7 @@ class RigidParams:
     crop_margin_mm: float = 10.0
     init: Literal["auto", "physical", "moments"] = "auto"
     threads: int = 2
+    metric_threads: int = 1
     ants_type: str | None = None
     round_decimals: int = 9
     upsample_mm: float | None = 1.0
@@ -235,7 +246,7 @@ def upsample_thick_axes(image: sitk.Image, target_mm: float = 1.0) -> sitk.Image
 def _method(p: RigidParams, lvl: int, fixed_mask: sitk.Image | None,
             moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
-    reg.SetNumberOfThreads(p.threads)
+    reg.SetNumberOfThreads(p.metric_threads)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=p.bins)
     if p.sampling == "random":
         reg.SetMetricSamplingStrategy(reg.RANDOM)
@@ -283,6 +294,21 @@ def _initial(fixed: sitk.Image, moving: sitk.Image, kind: str,
     return t
 
 
+@contextmanager
+def _itk_threads(n: int) -> Iterator[None]:
+    """Set ITK's process-wide default thread count to ``n`` for a block (restored after).
+
+    ``ImageRegistrationMethod.SetNumberOfThreads`` alone does not reach every
+    internal filter of the metric.
+    """
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+
+
 def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None,
               moving_mask: sitk.Image | None, p: RigidParams) -> RegistrationResult:
     t0 = time.perf_counter()
@@ -315,7 +341,8 @@ def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | No
         t = starts[kind]
         reg = _method(p, 0, levels_fm[0], mm)
         reg.SetInitialTransform(t, inPlace=True)
-        reg.Execute(levels_f[0], moving0)
+        with _itk_threads(p.metric_threads):
+            reg.Execute(levels_f[0], moving0)
         val = reg.GetMetricValue()
         if best is None or val < best[0]:
             best = (val, kind, t)
@@ -338,7 +365,9 @@ def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | No
         for lvl in range(start, n):
             reg = _method(p, lvl, levels_fm[lvl], mm)
             reg.SetInitialTransform(current, inPlace=True)
-            reg.Execute(levels_f[lvl], moving0 if lvl == 0 else moving_level(lvl, current))
+            mv_lvl = moving0 if lvl == 0 else moving_level(lvl, current)
+            with _itk_threads(p.metric_threads):
+                reg.Execute(levels_f[lvl], mv_lvl)
             metric = reg.GetMetricValue()
             iters.append(reg.GetOptimizerIteration())
             stop = reg.GetOptimizerStopConditionDescription()
