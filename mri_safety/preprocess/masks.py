@@ -217,7 +217,7 @@ def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMas
     brain.CopyInformation(img)
 
     head = _head_in(full, img)
-    dil = sitk.GetArrayViewFromImage(sitk.BinaryDilate(brain, _radius(img, p.icv_dilate_mm))) > 0
+    dil = sitk.GetArrayFromImage(sitk.BinaryDilate(brain, _radius(img, p.icv_dilate_mm))) > 0
     icv1 = (sitk.GetArrayViewFromImage(icv0) > 0) | dil
     icv_arr = ndi.binary_fill_holes(_largest_arr((icv1 & head) | brain_arr))
     intracranial = sitk.GetImageFromArray(icv_arr.astype(np.uint8))
