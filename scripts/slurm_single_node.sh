@@ -79,6 +79,11 @@ CONF
 }
 
 stop() {
+  # cancel this cluster's jobs first: a job step left running outlives slurmd
+  if [ -s "$dir/slurm.conf" ]; then
+    SLURM_CONF="$dir/slurm.conf" scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+    sleep 2
+  fi
   for f in "$dir/slurmd.pid" "$dir/slurmctld.pid"; do
     if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done

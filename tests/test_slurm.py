@@ -69,7 +69,8 @@ def test_slurm_stages_identical_to_local(slurm, tmp_path):
         return client.gather(futs)
 
     profile = BatchProfile(system="slurm", cores=1, memory="3GiB", walltime="00:20:00",
-                           min_jobs=0, max_jobs=2, log_directory=str(tmp_path / "logs"))
+                           min_jobs=0, max_jobs=2, log_directory=str(tmp_path / "logs"),
+                           interface="lo")  # scheduler and workers on loopback
     with batch_cluster(profile, adaptive=False) as cluster, Client(cluster) as client:
         cluster.scale(jobs=2)
         client.wait_for_workers(2, timeout=180)
@@ -109,7 +110,8 @@ def test_slurm_pipeline_identical_to_local(slurm, tmp_path):
     secret = b"slurm-test-secret-0123456789abcd"
 
     profile = BatchProfile(system="slurm", cores=1, memory="3GiB", walltime="00:30:00",
-                           max_jobs=2, log_directory=str(tmp_path / "logs"))
+                           max_jobs=2, log_directory=str(tmp_path / "logs"),
+                           interface="lo")
     with batch_cluster(profile, adaptive=False) as cluster, Client(cluster) as client:
         cluster.scale(jobs=2)
         client.wait_for_workers(2, timeout=180)

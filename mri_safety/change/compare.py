@@ -74,6 +74,8 @@ FINDINGS: dict[str, dict[int, tuple[str, bool]]] = {
 }
 LESION_LIKE = {"flair", "t2w", "dwi"}
 REVIEW_SCORE = 0.5
+#: RigidParams overrides of the detection registration (see register_pair).
+DETECT_RIGID: dict[str, Any] = {"gradient_filter": "all", "upsample_mm": None}
 
 
 @dataclass
@@ -171,8 +173,13 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
         raise ValueError("baseline brain mask has fewer than 1000 voxels")
     t_prep = time.perf_counter() - t0
     reg_mask = img_like(dilate_mm(brain, 5.0, sp).astype(np.uint8), base)
+    # ITK's gradient filter at every level and no B-spline upsampling of thick
+    # axes: on the real no-change patient-positions pairs (4.8 mm sagittal) this
+    # flagged 8 candidates over 6 pairs, against 14 with the registration
+    # defaults (finest-level central differences, upsampling), which are tuned
+    # for the TRE of synthetic 2D stacks (docs/registration.md).
     reg = register(base_n4, fu_n4, fixed_mask=reg_mask,
-                   params=RigidParams(threads=threads, seed=seed))
+                   params=RigidParams(threads=threads, seed=seed, **DETECT_RIGID))
     return RegisteredPair(
         baseline=base, followup=fu, baseline_n4=base_n4, followup_n4=fu_n4,
         brain=brain, icv=icv, mask_method=mask_method, transform=reg.transform,
@@ -367,7 +374,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             # extra baseline -> main baseline (rigid), then its z onto the main grid
             r = register(base, sitk.Cast(eb, sitk.sitkFloat32),
                          fixed_mask=img_like(dilate_mm(zp.brain, 5.0, sp).astype(np.uint8), base),
-                         params=RigidParams(threads=p.registration_threads, seed=p.seed))
+                         params=RigidParams(threads=p.registration_threads, seed=p.seed,
+                                           **DETECT_RIGID))
             zimg = sitk.Resample(img_like(ez.z, eb), base, r.transform, sitk.sitkLinear, 0.0,
                                  sitk.sitkFloat32)
             extra_z.append((name.lower(), arr(zimg)))

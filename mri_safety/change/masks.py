@@ -89,9 +89,11 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
     """``(brain, intracranial, method)`` masks ``[i, j, k]`` of a (bias-corrected) head image.
 
     Prefers :func:`mri_safety.preprocess.masks.brain_masks` (MNI template fit);
-    if that module is missing or fails, the morphological FALLBACK is used and
+    if that module is missing or fails, or its brain mask is not at least 80 %
+    inside the head mask (a fit gone astray), the morphological FALLBACK is used and
     the intracranial mask is the brain dilated by 3 mm within the head.
     """
+    head = arr(head_mask(image)) > 0
     try:  # preferred: the preprocessing stage's MNI-based masks
         import dataclasses
 
@@ -104,7 +106,11 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
         bm = brain_masks(image, mp)
         brain = arr(bm.brain) > 0
         icv = arr(bm.intracranial) > 0
-        if brain.sum() >= 1000:
+        # a template fit that went astray covers air: the brain must lie in the head
+        # (real heads: 0.90-0.98 inside the Otsu head mask, which misses some dark
+        # CSF and slab-edge brain; a failed fit on a phantom: <= 0.6)
+        inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
+        if brain.sum() >= 1000 and inside >= 0.8:
             return brain, icv | brain, "preprocess.masks.brain_masks (MNI template)"
     except ImportError:
         pass
@@ -112,5 +118,4 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
         pass
     sp = tuple(float(s) for s in image.GetSpacing())
     brain = fallback_brain_mask(image)
-    head = arr(head_mask(image)) > 0
     return brain, (dilate_mm(brain, 3.0, sp) & head) | brain, "fallback_morphology"
