@@ -291,14 +291,16 @@ DEMO_SERIES = ("01_T1w", "02_FLAIR", "09_spine_T2w")
 def demo(
     out: Path = typer.Option(Path("mri-safety-demo"), "--out", help="Output directory"),
     workers: int | None = typer.Option(None, "--workers", help="Local workers"),
-    patients: int = typer.Option(1, "--patients", help="Synthetic patients"),
+    patients: int = typer.Option(2, "--patients", help="Synthetic patients"),
     full: bool = typer.Option(
         False, "--full", help="All synthetic series (default: brain T1w + FLAIR, spine T2w)"),
 ) -> None:
     """Generate a small synthetic trial and run the pipeline on it (local Dask).
 
-    By default one patient, three visits (baseline, 24h, M2), three series
-    (brain 3D T1w, brain FLAIR, cervical spine T2w): a few minutes on 2 cores.
+    By default two patients, three visits (baseline, 24h, M2), three series
+    (brain 3D T1w, brain FLAIR, cervical spine T2w): new abnormalities at 24h and
+    M2 for the first patient, and a 24h visit with nothing new for the second
+    (see ``ground_truth/``). A few minutes on 2 cores.
     ``--full`` keeps every synthetic series (T2w, T2*w, DWI, ADC, T1w + Gd too).
     """
     import shutil

@@ -65,6 +65,12 @@ for v in visits:
 assert n_cmp > 0, "no comparisons"
 assert (res / "logs" / "run.log").is_file()
 assert (demo / "trial" / "ground_truth").is_dir()
+assert (res / "reports" / "index.html").is_file() and (res / "reports" / "safety_table.csv").is_file()
+subjects = {v.parent.parent.name for v in visits}
+assert len(subjects) == 2, subjects
+truth = [json.loads(t.read_text()) for t in (demo / "trial" / "ground_truth").glob("*/truth.json")]
+new = [bool(v["new_abnormality_ids"]) for t in truth for v in t["visits"][1:]]
+assert any(new) and not all(new), new  # a visit with new abnormalities and one without
 print(f"demo outputs OK: {len(nifti)} NIfTI, {len(visits)} visits, {n_cmp} comparisons, "
       f"computed {run['computed']}")
 PY
