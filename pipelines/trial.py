@@ -598,6 +598,53 @@ def run_trial(
     return summary
 
 
+def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) -> None:
+    """Stable finding IDs across visits (:mod:`mri_safety.change.tracking`).
+
+    The "vs baseline" comparisons of one subject and baseline series share the
+    baseline grid; their candidate label maps are linked visit by visit (in
+    order of days from dosing). Each of their candidates gets ``finding_id``;
+    each visit summary gets ``findings``: the tracked findings seen at that
+    visit, with their volume by visit. Candidates of "vs previous"
+    comparisons live on the previous visit's grid and are not linked.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from mri_safety.change.tracking import VisitCandidates, track_findings
+
+    groups: dict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = defaultdict(list)
+    for (subject, visit), v in visits.items():
+        for c in v["comparisons"]:
+            if c.get("kind") == "baseline" and c.get("candidates") is not None:
+                days = v["days_from_dosing"]
+                groups[(subject, c["baseline_name"])].append(
+                    (float(days) if days is not None else 0.0, visit, c))
+    for (subject, base_name), items in sorted(groups.items()):
+        items.sort(key=lambda t: (t[0], t[1], t[2]["followup_name"]))
+        chosen: dict[str, dict[str, Any]] = {}
+        for _, visit, c in items:  # one follow-up series per visit
+            chosen.setdefault(visit, c)
+        seq = []
+        for visit, c in chosen.items():
+            labels = (out / c["manifest"]).parent / "candidates.nii.gz"
+            lab = None
+            if labels.is_file():
+                lab = np.asarray(nib.load(str(labels)).dataobj)  # type: ignore[attr-defined]
+            seq.append(VisitCandidates(visit, c["candidates"], lab))
+        first = chosen[next(iter(chosen))]
+        found = track_findings(seq, prefix=f"{first['region']}-{first['contrast']}-")
+        by_key = {(s.visit, s.candidate_id): f.finding_id for f in found for s in f.sightings}
+        for visit, c in chosen.items():
+            for cand in c["candidates"]:
+                fid = by_key.get((visit, int(cand["id"])))
+                if fid is not None:
+                    cand["finding_id"] = fid
+            visits[(subject, visit)].setdefault("findings", []).extend(
+                {**f.as_dict(), "baseline_series": base_name} for f in found
+                if any(s.visit == visit for s in f.sightings))
+
+
 def _write_visit_summaries(
     out: Path,
     rows: list[SeriesReport],
@@ -648,6 +695,7 @@ def _write_visit_summaries(
             })
             v["n_flagged"] += sum(1 for c in doc["candidates"] if c.get("flagged"))
         v["comparisons"].append(entry)
+    _track_findings(visits, out)
     for (subject, visit), v in sorted(visits.items()):
         problems = v["not_assessable"] or any(c.get("error") for c in v["comparisons"])
         if visit == "baseline":

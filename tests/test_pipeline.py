@@ -106,6 +106,17 @@ def test_visits_and_candidates(first):
                 "register"
         assert doc["status"] in ("candidates flagged",
                                  "no candidates flagged: full read and sign-off still needed")
+        # findings across visits: every flagged candidate vs baseline has a stable
+        # finding ID, listed in the visit's findings with its volume at this visit
+        fids = {f["finding_id"]: f for f in doc.get("findings", [])}
+        for comp in doc["comparisons"]:
+            for c in comp["candidates"]:
+                if comp["kind"] == "baseline" and c["flagged"]:
+                    assert c["finding_id"] in fids
+                    assert fids[c["finding_id"]]["volume_mm3_by_visit"][doc["visit"]] == \
+                        c["volume_mm3"]
+                if comp["kind"] == "previous":
+                    assert "finding_id" not in c
 
 
 def test_killed_worker_run_completes_identically(trial, first, tmp_path):

@@ -94,6 +94,7 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
     the intracranial mask is the brain dilated by 3 mm within the head.
     """
     head = arr(head_mask(image)) > 0
+    template: tuple[NDArray[np.bool_], NDArray[np.bool_]] | None = None
     try:  # preferred: the preprocessing stage's MNI-based masks
         import dataclasses
 
@@ -112,10 +113,16 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
         inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
         if brain.sum() >= 1000 and inside >= 0.8:
             return brain, icv | brain, "preprocess.masks.brain_masks (MNI template)"
+        if brain.sum() >= 1000:
+            template = brain, icv | brain
     except ImportError:
         pass
     except (ValueError, RuntimeError):  # a failing optional stage must not stop detection
         pass
     sp = tuple(float(s) for s in image.GetSpacing())
     brain = fallback_brain_mask(image)
+    if brain.sum() < 1000 and template is not None:
+        # no brain-like object (e.g. a sagittal spine crop): keep the template's
+        # region rather than nothing; a cord/canal search region is open work
+        return template[0], template[1], "preprocess.masks.brain_masks (MNI template, implausible)"
     return brain, (dilate_mm(brain, 3.0, sp) & head) | brain, "fallback_morphology"
