@@ -53,6 +53,18 @@ VOLATILE_FIELDS = ("host", "started", "finished", "duration_s", "python")
 _CHUNK = 1 << 20
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (replacing it), or copy where links are impossible
+    (another file system): published trees share bytes with the stage outputs."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 hex digest of a file's bytes."""
     h = hashlib.sha256()

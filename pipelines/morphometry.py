@@ -30,14 +30,12 @@ def morphometry_stage(inputs: dict[str, Path], out: Path, region: str,
     ITK's default thread count is set to ``threads`` while measuring (some ITK
     filters' results depend on it in the last digits: 1 vs 2 threads moved the
     brain volume by 0.003 %), so the output does not depend on the worker."""
-    import SimpleITK as sitk
 
     from mri_safety.morphometry import brain_volumes, cord_area
     from mri_safety.register.transforms import load_image
+    from mri_safety.threads import itk_threads
 
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    try:
+    with itk_threads(threads):
         img = load_image(inputs["image"])
         if region == "brain":
             doc: dict[str, Any] = {"region": "brain", "contrast": contrast,
@@ -45,8 +43,6 @@ def morphometry_stage(inputs: dict[str, Path], out: Path, region: str,
         else:
             doc = {"region": "spine", "contrast": contrast,
                    **cord_area(img, "t2" if contrast == "T2w" else "t1").as_dict()}
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
     (out / "morphometry.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
     return {k: v for k, v in doc.items() if k not in ("per_slice", "slices_c2c3", "method")}
 

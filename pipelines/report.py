@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -31,20 +30,11 @@ from mri_safety.report import (
     scrub_paths,
 )
 from mri_safety.report.safety import series_label
+from pipelines.cache import link_or_copy
 
 log = logging.getLogger(__name__)
 
 DECISIONS = Path("review") / "decisions.json"
-
-
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _read_json(path: Path) -> Any:
@@ -195,7 +185,7 @@ def write_reports(out: Path | str) -> dict[str, Any]:
                 continue
             for png in sorted((out / ev).glob("*.png")):
                 dst = assets / Path(ev).name / png.name
-                _link(png, dst)
+                link_or_copy(png, dst)
                 images[f"{ev}/{png.name}"] = str(dst.relative_to(vdir))
         plots = {}
         if qc_points.get(key[0]):

@@ -23,11 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,14 @@ from mri_safety.change.params import DetectParams, load_params
 from mri_safety.config import Config, load_config
 from mri_safety.dicom.deid import Deidentifier
 from mri_safety.qc.config import load_qc_config
-from pipelines.cache import StageResult, StageStore, canonical_json, file_digest
+from mri_safety.threads import itk_threads as _itk  # stage parameters are named itk_threads
+from pipelines.cache import (
+    StageResult,
+    StageStore,
+    canonical_json,
+    file_digest,
+    link_or_copy,
+)
 from pipelines.convert import (
     SeriesPlan,
     SeriesReport,
@@ -135,24 +139,6 @@ def evidence_stage(
                        diff_label="z (follow-up - baseline)")
         pictures.append(name)
     return {"montages": pictures}
-
-
-@contextmanager
-def _itk(n: int) -> Iterator[None]:
-    """Run the body with ITK's global default thread count set to ``n``.
-
-    Some ITK filters and the registration metric use the global default, and
-    their results differ (slightly) with it; the stages that call ITK set it
-    from their ``itk_threads`` parameter, so the output depends on the cache
-    key, not on the worker's environment."""
-    import SimpleITK as sitk
-
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n))
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
 
 
 def register_stage(
@@ -410,14 +396,7 @@ class TrialSummary:
 
 def _publish(src_root: Path, rel: str, dest_root: Path) -> None:
     """Hard-link (or copy) a stage output file into the published tree."""
-    src, dst = src_root / rel, dest_root / rel
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    link_or_copy(src_root / rel, dest_root / rel)
 
 
 def run_trial(

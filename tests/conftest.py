@@ -27,3 +27,21 @@ def need_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return need_data()
+
+
+def small_synthetic_trial(tmp_path_factory: pytest.TempPathFactory,
+                          keep: tuple[str, ...]) -> Path:
+    """One synthetic patient (baseline, 24h, M2, seed 0) with only the series
+    folders named in ``keep``; returns the trial folder (dicom/ + enrolment.csv)."""
+    import shutil
+
+    from mri_safety.synth import synth_main
+
+    full = tmp_path_factory.mktemp("synth")
+    synth_main(full, 1, 0, "small")
+    small = tmp_path_factory.mktemp("trial")
+    for series in (full / "dicom").glob("*/*/*"):
+        if series.name in keep:
+            shutil.copytree(series, small / "dicom" / series.relative_to(full / "dicom"))
+    shutil.copy(full / "enrolment.csv", small / "enrolment.csv")
+    return small

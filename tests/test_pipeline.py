@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import small_synthetic_trial
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +29,7 @@ KEEP = ("02_FLAIR", "09_spine_T2w")
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory) -> Path:
     """One synthetic patient (baseline, 24h, M2), FLAIR + spine T2w only."""
-    from mri_safety.synth import synth_main
-
-    full = tmp_path_factory.mktemp("synth")
-    synth_main(full, 1, 0, "small")
-    small = tmp_path_factory.mktemp("trial")
-    for series in (full / "dicom").glob("*/*/*"):
-        if series.name in KEEP:
-            shutil.copytree(series, small / "dicom" / series.relative_to(full / "dicom"))
-    shutil.copy(full / "enrolment.csv", small / "enrolment.csv")
-    return small
+    return small_synthetic_trial(tmp_path_factory, KEEP)
 
 
 STAGES = ("convert", "qc", "register", "detect", "evidence")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_synthetic_trial
 
 from mri_safety.report import (
     build_visit_context,
@@ -288,15 +289,7 @@ def deviated_trial(tmp_path_factory) -> tuple[Path, float, float]:
     rewritten in every DICOM header (x1.6). Returns (trial, TE before, TE after)."""
     import pydicom
 
-    from mri_safety.synth import synth_main
-
-    full = tmp_path_factory.mktemp("synth")
-    synth_main(full, 1, 0, "small")
-    small = tmp_path_factory.mktemp("trial")
-    for series in (full / "dicom").glob("*/*/*"):
-        if series.name in KEEP:
-            shutil.copytree(series, small / "dicom" / series.relative_to(full / "dicom"))
-    shutil.copy(full / "enrolment.csv", small / "enrolment.csv")
+    small = small_synthetic_trial(tmp_path_factory, KEEP)
     files = sorted((small / "dicom").glob("*/24h/02_FLAIR/*"))
     assert files
     te0 = float(pydicom.dcmread(files[0], stop_before_pixels=True).EchoTime)

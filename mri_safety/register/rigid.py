@@ -41,8 +41,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,6 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mri_safety.register.transforms import read_transform, to_affine_transform
+from mri_safety.threads import itk_threads
 
 
 @dataclass(frozen=True)
@@ -294,21 +293,6 @@ def _initial(fixed: sitk.Image, moving: sitk.Image, kind: str,
     return t
 
 
-@contextmanager
-def _itk_threads(n: int) -> Iterator[None]:
-    """Set ITK's process-wide default thread count to ``n`` for a block (restored after).
-
-    ``ImageRegistrationMethod.SetNumberOfThreads`` alone does not reach every
-    internal filter of the metric.
-    """
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
-
-
 def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None,
               moving_mask: sitk.Image | None, p: RigidParams) -> RegistrationResult:
     t0 = time.perf_counter()
@@ -341,7 +325,7 @@ def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | No
         t = starts[kind]
         reg = _method(p, 0, levels_fm[0], mm)
         reg.SetInitialTransform(t, inPlace=True)
-        with _itk_threads(p.metric_threads):
+        with itk_threads(p.metric_threads):
             reg.Execute(levels_f[0], moving0)
         val = reg.GetMetricValue()
         if best is None or val < best[0]:
@@ -366,7 +350,7 @@ def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | No
             reg = _method(p, lvl, levels_fm[lvl], mm)
             reg.SetInitialTransform(current, inPlace=True)
             mv_lvl = moving0 if lvl == 0 else moving_level(lvl, current)
-            with _itk_threads(p.metric_threads):
+            with itk_threads(p.metric_threads):
                 reg.Execute(levels_f[lvl], mv_lvl)
             metric = reg.GetMetricValue()
             iters.append(reg.GetOptimizerIteration())

@@ -28,8 +28,6 @@ and ANTs expect) by :func:`write_spine_transform`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from mri_safety.register.rigid import upsample_thick_axes
+from mri_safety.threads import itk_threads
 
 
 @dataclass(frozen=True)
@@ -60,23 +59,6 @@ class SpineRegistration:
 def _check(image: sitk.Image, name: str) -> None:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{name}: expected a scalar 3D image")
-
-
-@contextmanager
-def _itk_threads(n: int) -> Iterator[None]:
-    """Run a block with ITK's process-wide default thread count set to ``n``.
-
-    ``ImageRegistrationMethod.SetNumberOfThreads`` alone does not reach every
-    internal filter (pyramid, metric threader): results then changed at 1e-13
-    with the global thread count. Setting the global default for the duration
-    of the call makes the result depend only on ``n``.
-    """
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
 
 
 def metric_mask(canal: sitk.Image, margin_mm: float = 6.0) -> sitk.Image:
@@ -110,7 +92,7 @@ def register_spine(baseline: sitk.Image, followup: sitk.Image, baseline_canal: s
     _check(followup, "followup")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    with _itk_threads(threads):
+    with itk_threads(threads):
         if upsample_mm is not None:
             followup = upsample_thick_axes(followup, upsample_mm)
         return _register(baseline, followup, baseline_canal, mask_margin_mm, mesh_mm, threads,
