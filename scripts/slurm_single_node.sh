@@ -35,7 +35,8 @@ start() {
   install
   start_munge
   mkdir -p "$dir/state" "$dir/spool" "$dir/log"
-  cpus=$(nproc)
+  # not nproc: it follows OMP_NUM_THREADS, which a test process may have set to 1
+  cpus=$(getconf _NPROCESSORS_ONLN)
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
   cat > "$dir/slurm.conf" <<CONF
 ClusterName=mrisafety
