@@ -40,7 +40,7 @@ from _results import write_section  # noqa: E402
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
-from mri_safety.change.masks import arr  # noqa: E402
+from mri_safety.change.masks import arr, img_like  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
 from mri_safety.preprocess.masks import brain_masks  # noqa: E402
@@ -67,8 +67,7 @@ def _truth_on(labels: sitk.Image, ids: list[int], grid: sitk.Image) -> dict[int,
     out = {}
     lab = arr(labels)
     for i in ids:
-        ind = sitk.GetImageFromArray((lab == i).astype(np.float32).transpose(2, 1, 0))
-        ind.CopyInformation(labels)
+        ind = img_like((lab == i).astype(np.float32), labels)
         out[i] = arr(sitk.Resample(ind, grid, sitk.Transform(), sitk.sitkLinear, 0.0)) > 0.25
     return out
 

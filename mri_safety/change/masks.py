@@ -58,11 +58,17 @@ def _largest(m: NDArray[np.bool_], keep_frac: float = 0.02) -> NDArray[np.bool_]
     return np.asarray(np.isin(lab, keep[keep > 0]))
 
 
-def fallback_brain_mask(image: sitk.Image) -> NDArray[np.bool_]:
-    """FALLBACK brain mask (``[i, j, k]`` bool) by morphology; see module docstring."""
+def fallback_brain_mask(image: sitk.Image, head: NDArray[np.bool_] | None = None
+                        ) -> NDArray[np.bool_]:
+    """FALLBACK brain mask (``[i, j, k]`` bool) by morphology; see module docstring.
+
+    ``head``: the image's :func:`~mri_safety.preprocess.bias.head_mask` as an array,
+    when the caller has it already (computed here otherwise)."""
     sp = tuple(float(s) for s in image.GetSpacing())
     a = arr(sitk.Cast(image, sitk.sitkFloat32))
-    head = _fill_slices(arr(head_mask(image)) > 0, int(np.argmax(sp)))
+    if head is None:
+        head = arr(head_mask(image)) > 0
+    head = _fill_slices(head, int(np.argmax(sp)))
     inner = erode_mm(head, 6.0, sp)
     if inner.sum() < 1000:
         inner = head
@@ -120,7 +126,7 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
     except (ValueError, RuntimeError):  # a failing optional stage must not stop detection
         pass
     sp = tuple(float(s) for s in image.GetSpacing())
-    brain = fallback_brain_mask(image)
+    brain = fallback_brain_mask(image, head)
     if brain.sum() < 1000 and template is not None:
         # no brain-like object (e.g. a sagittal spine crop): keep the template's
         # region rather than nothing; a cord/canal search region is open work

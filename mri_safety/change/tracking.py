@@ -103,32 +103,34 @@ def track_findings(visits: Sequence[VisitCandidates], *, prefix: str = "",
     findings: list[Finding] = []
     last: dict[str, tuple[VisitCandidates, dict[str, Any]]] = {}
     for vc in visits:
-        pairs: list[tuple[float, int, int, Finding]] = []  # (cost, fi, cand idx)
+        pairs: list[tuple[float, int, int]] = []  # (cost, finding index, candidate index)
         for fi, f in enumerate(findings):
             pv, pc = last[f.finding_id]
+            use_labels = pv.labels is not None and vc.labels is not None
+            shared = (_overlaps(pv.labels, vc.labels, int(pc["id"]))  # type: ignore[arg-type]
+                      if use_labels else {})
             for ci, c in enumerate(vc.candidates):
                 if int(c.get("sign", 1)) != f.sign:
                     continue
-                if pv.labels is not None and vc.labels is not None:
-                    shared = _overlaps(pv.labels, vc.labels, int(pc["id"])).get(int(c["id"]), 0)
-                    if shared:
-                        pairs.append((-float(shared), fi, ci, f))
+                if use_labels:
+                    if shared.get(int(c["id"]), 0):
+                        pairs.append((-float(shared[int(c["id"])]), fi, ci))
                     continue
                 d = float(np.linalg.norm(np.subtract(c["centroid_ras_mm"],
                                                      pc["centroid_ras_mm"])))
                 if d <= max(max_distance_mm, _radius_mm(float(pc["volume_mm3"]))):
-                    pairs.append((d, fi, ci, f))
-        pairs.sort(key=lambda t: (t[0], t[1], t[2]))
+                    pairs.append((d, fi, ci))
+        pairs.sort()
         used_f: set[int] = set()
         used_c: set[int] = set()
-        for _, fi, ci, f in pairs:
+        for _, fi, ci in pairs:
             if fi in used_f or ci in used_c:
                 continue
             used_f.add(fi)
             used_c.add(ci)
             c = vc.candidates[ci]
-            f.sightings.append(_sighting(vc.visit, c))
-            last[f.finding_id] = (vc, c)
+            findings[fi].sightings.append(_sighting(vc.visit, c))
+            last[findings[fi].finding_id] = (vc, c)
         new = [c for ci, c in enumerate(vc.candidates) if ci not in used_c and c.get("flagged")]
         for c in sorted(new, key=lambda c: int(c["id"])):
             f = Finding(f"{prefix}{vc.visit}-{int(c['id'])}", vc.visit, int(c.get("sign", 1)),
