@@ -48,6 +48,7 @@ from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.change.resolution import match_profiles
+from mri_safety.change.spine import SpineRegions, describe, fit_regions, spine_regions
 from mri_safety.change.zmap import (
     gradient_magnitude,
     local_robust_sd,
@@ -196,8 +197,11 @@ def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
                                       seed=p.seed, brain=brain), p)
 
 
-def z_registered(rp: RegisteredPair, p: DetectParams) -> ZPair:
-    """Steps 3-5 of the module docstring on a :class:`RegisteredPair`."""
+def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None = None
+                 ) -> ZPair:
+    """Steps 3-5 of the module docstring on a :class:`RegisteredPair`; with ``spine``
+    (baseline cord/canal, :mod:`mri_safety.change.spine`) the search region is the
+    canal, fits use the canal and intensities are in units of the cord median."""
     base, fu = rp.baseline, rp.followup
     base_n4, fu_n4 = rp.baseline_n4, rp.followup_n4
     brain, icv, mask_method = rp.brain, rp.icv, rp.mask_method
@@ -220,29 +224,34 @@ def z_registered(rp: RegisteredPair, p: DetectParams) -> ZPair:
         f = ndi.gaussian_filter(f, sig, mode="nearest")
     # search region: intracranial (extra-axial collections are findings, the brain
     # boundary is never blanket-suppressed); noise and intensity fits use the brain
-    search = icv & covered
-    # tissue: brain minus its outer 2 mm and minus dark CSF, for the intensity and noise fits
-    inner = erode_mm(brain, 2.0, sp) & covered
-    med0 = float(np.median(b[inner]))
-    tissue = inner & (b > 0.5 * med0)
-    if tissue.sum() < 1000:
-        raise ValueError("too little overlap between follow-up and baseline brain")
+    if spine is None:
+        search = icv & covered
+        # tissue: brain minus its outer 2 mm and minus dark CSF, for the intensity and noise fits
+        inner = erode_mm(brain, 2.0, sp) & covered
+        med0 = float(np.median(b[inner]))
+        tissue = inner & (b > 0.5 * med0)
+        if tissue.sum() < 1000:
+            raise ValueError("too little overlap between follow-up and baseline brain")
+        norm = tissue  # intensity unit: tissue median
+    else:
+        search, tissue, norm = fit_regions(spine, covered)
+        brain, mask_method = spine.cord, spine.method
     qs = np.linspace(5, 95, 19)
     qb = np.percentile(b[tissue], qs)
     qf = np.percentile(f[tissue], qs)
     slope, icpt = np.polyfit(qf, qb, 1)
     f = (slope * f + icpt).astype(np.float32)
-    scale = float(np.median(b[tissue]))
+    scale = float(np.median(b[norm]))
     b = (b / scale).astype(np.float32)
     # structures bright at baseline (vessels with inflow enhancement, fat),
     # grown by 2 mm: their change between visits is flow / partial volume, not new tissue
     # small bright structures: white top-hat over ~6 mm above 15 % of the tissue median
-    bs = b_sharp / float(np.median(b_sharp[tissue]))
+    bs = b_sharp / float(np.median(b_sharp[norm]))
     size = [max(1, int(round(6.0 / s))) | 1 for s in sp]
     tophat = bs - ndi.grey_opening(bs, size=size)
     bright = dilate_mm((bs > np.percentile(bs[tissue], 99.5) * 1.1) | (tophat > 0.15), 2.0, sp)
     f_sharp = arr(sitk.Resample(fu_n4, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    fs = f_sharp / max(float(np.median(f_sharp[tissue])), 1e-6)
+    fs = f_sharp / max(float(np.median(f_sharp[norm])), 1e-6)
     fu_bright = dilate_mm(fs - ndi.grey_opening(fs, size=size) > 0.15, 2.0, sp)
     f = (f / scale).astype(np.float32)
     d = f - b
@@ -338,7 +347,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     p = params or load_params()
     c = _check_contrast(contrast)
     t0 = time.perf_counter() if started is None else started
-    zp = z_registered(rp, p)
+    # spine: search the baseline canal; location by vertebral level (mri_safety.change.spine)
+    sctx = spine_regions(rp.baseline_n4, c) if region == "spine" else None
+    zp = z_registered(rp, p, sctx)
     base = rp.baseline
     sp = tuple(float(s) for s in base.GetSpacing())
     aff = sitk_affine_ras(base)
@@ -414,6 +425,11 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                 reportable = False
         contrasts = [c]
         reasons = [f"peak z {abs(comp.peak_z):.1f} vs review threshold {z_review:.2f}"]
+        if sctx is not None:  # spine: compartment, level, cord / syrinx / canal type
+            sd = describe(sctx, comp.voxels, comp.sign, c, zp.base, zp.fu, comp.volume_mm3,
+                          p.extra_axial_min_volume_mm3)
+            ctype, reportable, loc = sd.type, sd.reportable, sd.location
+            reasons += sd.reasons
         evidence = abs(comp.peak_z)
         for name, ezm in extra_z:
             mz = float(comp.sign * ezm.ravel()[comp.voxels].mean())
@@ -433,7 +449,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                            f"from misregistration): evidence -{p.edge_penalty:g}")
         if c in LESION_LIKE and comp.sign > 0:
             reasons.append("follow-up hyperintense relative to tissue (lesion-like)")
-        if not reportable:
+        if not reportable and sctx is None:
             reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
                            if extra_axial else f"sign not reported as a finding for {c}")
         if reg_status == "fail":
@@ -469,6 +485,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                         "region"),
         "noise_model": zp.info["noise"], "resolution": zp.info["resolution"],
         "mask_method": zp.info["mask_method"], "extra_contrasts": extra_info,
+        **({"spine": sctx.info} if sctx is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return ChangeResult(candidates=cands, labels=labels, z=zp.z,
