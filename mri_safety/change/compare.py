@@ -46,6 +46,7 @@ from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
+from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, within_visit_from_extra
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.change.resolution import match_profiles
 from mri_safety.change.spine import SpineRegions, describe, fit_regions, spine_regions
@@ -109,6 +110,8 @@ class ChangeResult:
     registration: dict[str, Any]
     parameters: dict[str, Any]
     components: list[Component] = field(default_factory=list)
+    #: further float32 maps on the baseline grid, written as ``<name>.nii.gz``
+    maps: dict[str, NDArray[np.float32]] = field(default_factory=dict)
 
 
 def _ncc(a: NDArray[np.floating], b: NDArray[np.floating], m: NDArray[np.bool_]) -> float:
@@ -311,18 +314,21 @@ def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float
 
 def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "flair",
                 region: str = "brain", params: DetectParams | None = None,
-                extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None) -> ChangeResult:
+                extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None,
+                within: WithinVisit | None = None) -> ChangeResult:
     """Detect candidate new abnormalities of ``followup`` relative to ``baseline``.
 
     ``extra``: further (baseline, follow-up, contrast) pairs; their z-maps are
     brought to the main baseline grid and a candidate whose mean z (same sign)
     there reaches ``extra_contrast_z`` gains ``extra_contrast_bonus`` evidence.
+    ``within``: ADC maps (``dwi``) or pre-contrast T1w (``t1ce``) of the two visits,
+    see :func:`mri_safety.change.multicontrast.apply_within_visit`.
     """
     p = params or load_params()
     _check_contrast(contrast)
     t0 = time.perf_counter()
     rp = register_pair(baseline, followup, threads=p.registration_threads, seed=p.seed)
-    return detect_registered(rp, contrast, region, p, extra, started=t0)
+    return detect_registered(rp, contrast, region, p, extra, started=t0, within=within)
 
 
 def _check_contrast(contrast: str) -> str:
@@ -335,7 +341,8 @@ def _check_contrast(contrast: str) -> str:
 def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str = "brain",
                       params: DetectParams | None = None,
                       extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None,
-                      started: float | None = None) -> ChangeResult:
+                      started: float | None = None,
+                      within: WithinVisit | None = None) -> ChangeResult:
     """Steps 3-7 of the module docstring on a :class:`RegisteredPair`:
     ``detect_pair(b, f, ...) == detect_registered(register_pair(b, f, ...), ...)``.
 
@@ -488,9 +495,11 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         **({"spine": sctx.info} if sctx is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return ChangeResult(candidates=cands, labels=labels, z=zp.z,
-                        followup_in_baseline=zp.followup_in_baseline, baseline=base,
-                        registration=registration, parameters=parameters, components=comps)
+    res = ChangeResult(candidates=cands, labels=labels, z=zp.z,
+                       followup_in_baseline=zp.followup_in_baseline, baseline=base,
+                       registration=registration, parameters=parameters, components=comps)
+    # dwi + ADC, t1ce + pre-contrast T1w of the same visits (mri_safety.change.multicontrast)
+    return apply_within_visit(res, rp, zp, c, p, within)
 
 
 def _nifti(a: NDArray[np.generic], like: sitk.Image) -> nib.Nifti1Image:
@@ -537,6 +546,8 @@ def write_outputs(res: ChangeResult, out: Path, inputs: dict[str, Any]) -> dict[
     nib.save(_nifti(res.z.astype(np.float32), res.baseline), str(out / "zmap.nii.gz"))
     nib.save(_nifti(arr(res.followup_in_baseline).astype(np.float32), res.baseline),
              str(out / "followup_in_baseline.nii.gz"))
+    for name, m in res.maps.items():
+        nib.save(_nifti(m.astype(np.float32), res.baseline), str(out / f"{name}.nii.gz"))
     return doc
 
 
@@ -572,7 +583,8 @@ def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain
             log.warning("extra contrast %s skipped: %s", name, e)
             ex_inputs.append({"baseline": Path(eb).name, "followup": Path(ef).name,
                               "contrast": name, "error": str(e)})
-    res = detect_pair(b, f, contrast=contrast, region=region, extra=ex)
+    ex, within = within_visit_from_extra(contrast, ex)  # dwi + adc, t1ce + t1w (pre)
+    res = detect_pair(b, f, contrast=contrast, region=region, extra=ex, within=within)
     inputs = {"baseline": Path(baseline).name, "baseline_sha256": _digest(Path(baseline)),
               "followup": Path(followup).name, "followup_sha256": _digest(Path(followup)),
               "extra": ex_inputs}
