@@ -148,7 +148,8 @@ def test_inserted_cord_lesion_found_at_its_level_and_nothing_without_it(
     assert hit["type"] == "cord_signal_change"  # ~1.3x longer than wide: not a syrinx
     assert len(flagged) == len(hits)  # nothing else flagged
     assert res.parameters["mask_method"].startswith("preprocess.spine.spine_masks")
-    assert res.parameters["spine"]["levels"]["found"]
+    lev = res.parameters["spine"]["levels"]
+    assert lev["found"] and lev["followup"]["agreement"] >= 0.8  # both visits: same levels
     # the search region is the canal (~10 cm3 here), not the image (171 cm3)
     assert res.parameters["z_review"] < 4.3
 
@@ -294,6 +295,19 @@ def test_describe_compartment_level_type() -> None:
                                                    ).astype(np.uint8))
     assert describe(cut, np.flatnonzero(tube), 1, "t2w", base, fu, 100.0, 250.0
                     ).location["vertebral_level"] == "unknown"
+    # the follow-up's own level match: agreeing -> reported; one level apart -> "unknown"
+    same = dataclasses.replace(reg, levels_followup=reg.levels,
+                               info={"levels": {"followup": {"agreement": 1.0}}})
+    assert describe(same, np.flatnonzero(tube), 1, "t2w", base, fu, 100.0, 250.0
+                    ).location["vertebral_level"] == "C4"
+    assert reg.levels is not None
+    shifted = np.where(reg.levels > 0, reg.levels + 1, 0).astype(np.uint8)
+    off = dataclasses.replace(reg, levels_followup=shifted,
+                              info={"levels": {"followup": {"agreement": 0.0}}})
+    d8 = describe(off, np.flatnonzero(tube), 1, "t2w", base, fu, 100.0, 250.0)
+    assert (d8.location["vertebral_level"], d8.location["vertebral_level_span"]) == \
+        ("unknown", "unknown")
+    assert "ambiguous" in " ".join(d8.reasons)
     with pytest.raises(ValueError, match="contrast"):
         describe(reg, np.flatnonzero(tube), 1, "pdw", base, fu, 100.0, 250.0)
     with pytest.raises(ValueError, match="empty"):

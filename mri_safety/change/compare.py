@@ -355,7 +355,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     c = _check_contrast(contrast)
     t0 = time.perf_counter() if started is None else started
     # spine: search the baseline canal; location by vertebral level (mri_safety.change.spine)
-    sctx = spine_regions(rp.baseline_n4, c) if region == "spine" else None
+    sctx = (spine_regions(rp.baseline_n4, c, followup=rp.followup_n4, transform=rp.transform)
+            if region == "spine" else None)
     zp = z_registered(rp, p, sctx)
     base = rp.baseline
     sp = tuple(float(s) for s in base.GetSpacing())

@@ -13,11 +13,24 @@ Used by :func:`mri_safety.change.compare.detect_registered` with
    are divided by the baseline CORD median, so ``hyper_ratio`` is relative to
    normal cord (:func:`fit_regions`).
 2. **Vertebral levels**: :func:`mri_safety.preprocess.spine.vertebral_levels`
-   (straightened image matched to PAM50, no input landmarks); the level of a
-   candidate is the majority level of the baseline cord voxels in the axial
-   slab (+-1 mm along the cord axis) through its centroid, ``"unknown"`` when
-   the level match failed or no labelled cord lies in that slab (e.g. beyond
-   the ends of the segmented cord).
+   (straightened image matched to PAM50, no input landmarks) on the baseline
+   AND, independently, on the follow-up (its labels brought onto the baseline
+   grid with the registration). The level of a candidate is the majority level
+   of the labelled baseline cord in the axial slab (+-1 mm along the cord
+   axis) through its centroid. It is ``"unknown"`` when the baseline match
+   failed, when no labelled cord lies in that slab (beyond the ends of the
+   segmented cord), when the two matches disagree on the level identity
+   (same level on less than half of the cord both label: one level apart
+   gives ~0, the same identity ~0.8-1 as boundaries jitter by 2-3 mm), or
+   when the follow-up's match gives another level at the candidate (a
+   candidate at a level boundary). Why the second visit: level identity rests on a quasi-periodic
+   pattern (similar cervical vertebrae) in a short field of view, and the
+   best and second-best matches one level apart can differ by less than the
+   noise of the measure (measured: NMI margins 0.0003-0.002 on the synthetic
+   3 mm sagittal baselines of one subject, one of three a level off; 0.007
+   on the real 1 mm t2). Two acquisitions agreeing is the check that an
+   answer does not hinge on one noise realisation; a disagreement is
+   reported, not resolved by a guess.
 3. **Compartment** (:func:`describe`): ``intramedullary`` when at least half
    of the candidate's voxels lie in the baseline cord, else
    ``extramedullary_intradural`` when at least half lie in the canal, else
@@ -105,6 +118,9 @@ MIN_CORD_MM3 = 500.0
 _LEVEL_SLAB_MM = 1.0
 _CENTRE_SLAB_MM = 2.0
 _INTENSITY_SLAB_MM = 10.0
+#: baseline and follow-up level matches must give the same level on at least this share
+#: of the cord both label (the midpoint between one identity, ~1, and one level apart, ~0)
+LEVEL_AGREEMENT = 0.5
 #: what is reported when a level or side cannot be determined
 UNKNOWN = "unknown"
 
@@ -118,6 +134,10 @@ class SpineRegions:
     cord voxel (1 = C1 ... 8 = T1, see
     :data:`mri_safety.preprocess.spine.LEVEL_NAMES`), 0 elsewhere; None when
     the level match failed (``info["levels"]["error"]`` says why).
+    ``levels_followup``: the same from the follow-up's own level match,
+    brought onto the baseline grid (nearest neighbour, registration
+    transform) and kept on the baseline cord; None when not computed or
+    failed.
     ``centreline_ras``: ``(n, 3)`` canal centreline, RAS+ mm, inferior to
     superior, about 1 mm apart. ``affine``: baseline voxel -> RAS+ mm.
     ``spacing``: voxel size (mm) per array axis. ``info``: method and level
@@ -133,6 +153,7 @@ class SpineRegions:
     spacing: tuple[float, float, float]
     margin_mm: float
     info: dict[str, Any] = field(default_factory=dict)
+    levels_followup: NDArray[np.uint8] | None = None
 
     @property
     def method(self) -> str:
@@ -141,12 +162,17 @@ class SpineRegions:
                 f"cord for intensity scaling)")
 
 
-def spine_regions(baseline: sitk.Image, contrast: str, margin_mm: float = MARGIN_MM
+def spine_regions(baseline: sitk.Image, contrast: str, margin_mm: float = MARGIN_MM, *,
+                  followup: sitk.Image | None = None, transform: sitk.Transform | None = None
                   ) -> SpineRegions:
     """Cord, canal, search region and vertebral levels of a (bias-corrected) baseline.
 
     ``baseline``: SimpleITK spine image (any orientation; LPS geometry).
     ``contrast``: compare contrast (``t2w``, ``t1w``, ... see :data:`SPINE_CONTRAST`).
+    ``followup`` + ``transform`` (baseline -> follow-up points, LPS mm): the
+    follow-up's own level match is computed too (``levels_followup``); a
+    follow-up whose levels cannot be matched leaves it None (recorded in
+    ``info["levels"]["followup"]``).
     Raises ``ValueError`` when the contrast is unknown, ``margin_mm`` negative,
     or no cord is found (not a spinal cord image, or a lumbar series below the
     conus, which this detection does not handle).
@@ -182,11 +208,27 @@ def spine_regions(baseline: sitk.Image, contrast: str, margin_mm: float = MARGIN
     except ValueError as e:  # level match impossible: levels reported as "unknown"
         levels = None
         info["levels"] = {"error": str(e)}
+    lev_fu: NDArray[np.uint8] | None = None
+    if followup is not None and levels is not None:
+        if transform is None:
+            raise ValueError("spine detection: a follow-up needs its registration transform")
+        try:
+            fr = vertebral_levels(followup, sc)  # type: ignore[arg-type]
+            lab = sitk.Resample(fr.labels, baseline, transform, sitk.sitkNearestNeighbor, 0,
+                                sitk.sitkUInt8)
+            lev_fu = np.where(cord, arr(lab), 0).astype(np.uint8)
+            both = (levels > 0) & (lev_fu > 0)
+            info["levels"]["followup"] = {
+                "nmi": round(fr.score, 4), "runner_up_nmi": round(fr.runner_up, 4),
+                "agreement": round(float((levels[both] == lev_fu[both]).mean()), 3)
+                if both.any() else None}
+        except ValueError as e:
+            info["levels"]["followup"] = {"error": str(e)}
     lps = np.asarray(sm.centreline, np.float64)
     return SpineRegions(cord=cord, canal=canal, search=dilate_mm(canal, margin_mm, sp),
                         levels=levels, centreline_ras=lps * np.array([-1.0, -1.0, 1.0]),
                         affine=sitk_affine_ras(baseline), spacing=sp, margin_mm=margin_mm,
-                        info=info)
+                        info=info, levels_followup=lev_fu)
 
 
 def fit_regions(regions: SpineRegions, covered: NDArray[np.bool_]
@@ -275,23 +317,42 @@ def _slab(regions: SpineRegions, mask: NDArray[np.bool_], centre: NDArray[np.flo
     return np.asarray(idx[np.abs(d) <= half])
 
 
-def level_at(regions: SpineRegions, centre: NDArray[np.float64], axis: NDArray[np.float64]
-             ) -> str:
-    """Vertebral level name (``"C3"``) of the labelled cord in the axial slab through
-    ``centre`` (RAS+ mm), or ``"unknown"`` (no level match, or no labelled cord there)."""
-    if regions.levels is None:
-        return UNKNOWN
-    idx = _slab(regions, regions.levels > 0, centre, axis, _LEVEL_SLAB_MM)
+def _level_in_slab(regions: SpineRegions, levels: NDArray[np.uint8],
+                   centre: NDArray[np.float64], axis: NDArray[np.float64]) -> str:
+    idx = _slab(regions, levels > 0, centre, axis, _LEVEL_SLAB_MM)
     if len(idx) == 0:
         return UNKNOWN
-    vals = regions.levels[tuple(idx.T)].astype(np.int64)
-    best = int(np.bincount(vals).argmax())
+    best = int(np.bincount(levels[tuple(idx.T)].astype(np.int64)).argmax())
     return LEVEL_NAMES.get(best, UNKNOWN)
 
 
+def level_at(regions: SpineRegions, centre: NDArray[np.float64], axis: NDArray[np.float64]
+             ) -> tuple[str, str | None, bool]:
+    """``(level, note, ambiguous)``: vertebral level name (``"C3"``) of the labelled
+    baseline cord in the axial slab through ``centre`` (RAS+ mm), or ``"unknown"`` with
+    a ``note`` saying why (no level match, no labelled cord there, or, ``ambiguous``,
+    the follow-up's own match gives another level there)."""
+    if regions.levels is None:
+        return UNKNOWN, "no vertebral level match on the baseline", False
+    lv = _level_in_slab(regions, regions.levels, centre, axis)
+    if lv == UNKNOWN:
+        return UNKNOWN, "no labelled cord at this position", False
+    if regions.levels_followup is not None:
+        agree = regions.info.get("levels", {}).get("followup", {}).get("agreement")
+        if agree is None or agree < LEVEL_AGREEMENT:
+            return UNKNOWN, (f"ambiguous: the follow-up's level match disagrees with the "
+                             f"baseline's (same level on {agree} of the cord; baseline says "
+                             f"{lv})"), True
+        lf = _level_in_slab(regions, regions.levels_followup, centre, axis)
+        if lf not in (UNKNOWN, lv):
+            return UNKNOWN, f"ambiguous: baseline match {lv}, follow-up match {lf}", True
+    return lv, None, False
+
+
 def level_span(regions: SpineRegions, idx: NDArray[np.int64], axis: NDArray[np.float64]) -> str:
-    """``"C3"`` or ``"C3-C5"``: levels of the labelled cord between the candidate's
-    superior and inferior ends (projected on ``axis``); ``"unknown"`` if none."""
+    """``"C3"`` or ``"C3-C5"``: levels of the labelled baseline cord between the
+    candidate's superior and inferior ends (projected on ``axis``); ``"unknown"`` if
+    there is none."""
     if regions.levels is None:
         return UNKNOWN
     lab = np.argwhere(regions.levels > 0)
@@ -452,14 +513,14 @@ def describe(regions: SpineRegions, voxels: NDArray[np.int64], sign: int, contra
     w = _world(regions, idx)
     centre = w.mean(axis=0)
     axis = cord_axis(regions, centre)
-    level = level_at(regions, centre, axis)
+    level, level_note, ambiguous = level_at(regions, centre, axis)
     ring = _slab(regions, regions.cord, centre, axis, _CENTRE_SLAB_MM)
     side = UNKNOWN
     if len(ring):
         dx = float(centre[0] - _world(regions, ring)[:, 0].mean())
         side = "right" if dx > 1.0 else ("left" if dx < -1.0 else "midline")
     reasons = [f"{compartment} ({100 * in_cord:.0f}% of voxels in the baseline cord), "
-               f"vertebral level {level}"]
+               f"vertebral level {level}" + (f" ({level_note})" if level_note else "")]
     if compartment == "intramedullary":
         ctype, reportable = CORD_FINDINGS[c][sign]
         if is_syrinx(ev, sign):
@@ -480,7 +541,7 @@ def describe(regions: SpineRegions, voxels: NDArray[np.int64], sign: int, contra
                            "(flow voids, nerve roots)")
     loc: dict[str, Any] = {
         "region": "spine", "vertebral_level": level, "compartment": compartment, "side": side,
-        "vertebral_level_span": level_span(regions, idx, axis)}
+        "vertebral_level_span": UNKNOWN if ambiguous else level_span(regions, idx, axis)}
     # measurements (left out when not measurable, e.g. no cord in the slab)
     for key, val, nd in (("offset_from_cord_centre_mm", ev.offset_mm, 1),
                          ("length_along_cord_mm", ev.length_mm, 1), ("width_mm", ev.width_mm, 1),
