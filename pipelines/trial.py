@@ -64,7 +64,8 @@ CODE_DEPS: dict[str, tuple[str, ...]] = {
     "qc": ("mri_safety.qc",),
     "register": ("mri_safety.change.compare", "mri_safety.change.masks",
                  "mri_safety.register", "mri_safety.preprocess"),
-    "detect": ("mri_safety.change", "mri_safety.register.transforms"),
+    "detect": ("mri_safety.change", "mri_safety.preprocess.spine",  # spine: cord, levels
+               "mri_safety.register.transforms"),
     "evidence": ("mri_safety.evidence",),
 }
 
