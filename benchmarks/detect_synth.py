@@ -52,6 +52,8 @@ warnings.filterwarnings("ignore")
 PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w_post": ("t1ce", "brain"),
          "DWI_b1000": ("dwi", "brain"), "T2starw": ("t2starw", "brain"),
          "spine_T2w": ("t2w", "spine")}
+#: brain series pooled with another series of the same visit (as the pipeline does)
+POOL = {"FLAIR": ("T2w", "t2w"), "T2w": ("FLAIR", "flair")}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
 
 
@@ -105,8 +107,13 @@ def evaluate(study: Path) -> dict[str, Any]:
             for kind, (contrast, region) in PAIRS.items():
                 b = _load(gt / "baseline" / "volumes" / f"{kind}.nii.gz")
                 f = _load(gt / vname / "volumes" / f"{kind}.nii.gz")
+                extra = None
+                if kind in POOL:
+                    ek, ec = POOL[kind]
+                    extra = [(_load(gt / "baseline" / "volumes" / f"{ek}.nii.gz"),
+                              _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec)]
                 t0 = time.perf_counter()
-                res = detect_pair(b, f, contrast=contrast, region=region)
+                res = detect_pair(b, f, contrast=contrast, region=region, extra=extra)
                 seconds.append(time.perf_counter() - t0)
                 lab_img, tids = ((spine_lab, spine_ids) if region == "spine"
                                  else (brain_lab, [i for i in ids if kinds[i] != "ventricles"]))

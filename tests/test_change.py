@@ -281,11 +281,54 @@ def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     bx, fx, _ = _pair(tmp_path / "x", [((24, 30, 32), 3.0)], seed=5)
     solo = compare_main(bp, fp, tmp_path / "solo", "brain", "flair", None)
+    # dwi is not pooled with flair: it adds the agreement bonus
     both = compare_main(bp, fp, tmp_path / "both", "brain", "flair",
-                        [(bx, fx, "t2w"), (tmp_path / "absent.nii.gz", fx, "dwi")])
+                        [(bx, fx, "dwi"), (tmp_path / "absent.nii.gz", fx, "t1w")])
     top_solo = max(solo["candidates"], key=lambda c: c["evidence_z"])
     top_both = max(both["candidates"], key=lambda c: c["evidence_z"])
-    assert top_both["contrasts"] == ["flair", "t2w"]
+    assert top_both["contrasts"] == ["flair", "dwi"]
     assert top_both["evidence_z"] == pytest.approx(top_solo["evidence_z"] + 1.0, abs=1e-3)
     errs = [e for e in both["inputs"]["extra"] if "error" in e]
     assert len(errs) == 1 and "absent.nii.gz" in errs[0]["error"]
+    # t2w is pooled into the flair z-map (no bonus on top): same place, both listed,
+    # the pooling correlation recorded
+    pooled = compare_main(bp, fp, tmp_path / "pooled", "brain", "flair", [(bx, fx, "t2w")])
+    top_p = max(pooled["candidates"], key=lambda c: c["evidence_z"])
+    assert top_p["contrasts"] == ["flair", "t2w"]
+    assert top_p["centroid_baseline_voxel"] == pytest.approx(
+        top_solo["centroid_baseline_voxel"], abs=0.5)
+    assert any("pooled into the z-map" in r for r in top_p["reasons"])
+    assert 0.0 <= pooled["parameters"]["extra_contrasts"][0]["pooled_rho"] < 1.0
+
+
+def test_combine_z_pools_evidence_and_stays_standard_normal_under_correlation() -> None:
+    """Stouffer pooling: two correlated null maps pool to SD 1 (the correlation is
+    estimated, not assumed); a change at z 3.5 in two independent maps pools to
+    about 4.9, above what either reaches; where the extra map is undefined the
+    main z is kept."""
+    from mri_safety.change.zmap import combine_z
+
+    rng = np.random.default_rng(11)
+    shape = (40, 40, 40)
+    common = rng.normal(size=shape)
+    rho = 0.4
+    z1 = np.sqrt(rho) * common + np.sqrt(1 - rho) * rng.normal(size=shape)
+    z2 = np.sqrt(rho) * common + np.sqrt(1 - rho) * rng.normal(size=shape)
+    everywhere = np.ones(shape, bool)
+    zc, r = combine_z(z1, [z2], [everywhere], everywhere)
+    assert r[0] == pytest.approx(rho, abs=0.05)  # |z| < 3 truncation biases it slightly
+    assert float(zc.std()) == pytest.approx(1.0, abs=0.03)
+    naive = (z1 + z2) / np.sqrt(2)  # ignoring the correlation inflates the null
+    assert float(naive.std()) > 1.15
+    # a change seen in two independent maps
+    a = rng.normal(size=shape)
+    b = rng.normal(size=shape)
+    a[20, 20, 20] = b[20, 20, 20] = 3.5
+    defined = everywhere.copy()
+    defined[:, :, :5] = False
+    a[10, 10, 2] = 3.5
+    zc, r = combine_z(a, [b], [defined], everywhere)
+    assert abs(r[0]) < 0.05
+    assert zc[20, 20, 20] == pytest.approx(7.0 / np.sqrt(2.0 + 2.0 * r[0]), rel=1e-4)
+    assert zc[20, 20, 20] > 4.8 > 3.5
+    assert zc[10, 10, 2] == pytest.approx(3.5)

@@ -51,6 +51,7 @@ from mri_safety.change.params import DetectParams, load_params
 from mri_safety.change.resolution import match_profiles
 from mri_safety.change.spine import SpineRegions, describe, fit_regions, spine_regions
 from mri_safety.change.zmap import (
+    combine_z,
     gradient_magnitude,
     local_robust_sd,
     noise_model,
@@ -75,6 +76,8 @@ FINDINGS: dict[str, dict[int, tuple[str, bool]]] = {
     "t2starw": {1: ("t2star_signal_increase", False), -1: ("new_dark_focus", True)},
 }
 LESION_LIKE = {"flair", "t2w", "dwi"}
+#: extra contrasts pooled voxel-wise with the main z-map (same sign for a new lesion)
+POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
 REVIEW_SCORE = 0.5
 #: RigidParams overrides of the detection registration (see register_pair).
 DETECT_RIGID: dict[str, Any] = {"gradient_filter": "all", "upsample_mm": None}
@@ -382,11 +385,10 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     eff = [max(float(v), 2.3548 * p.smooth_mm)
            for v in zp.info["resolution"]["effective_resolution_mm"]]
     min_vol = max(p.min_volume_mm3, p.min_resels * float(np.prod(eff)))
-    comps = extract(zp.z, aff, p.z_low, p.z_seed, min_vol,
-                    allowed_pos=allowed_pos, allowed_neg=allowed_neg)
-    z_review = review_threshold(int(zp.brain.sum()), sp, p.smooth_mm, p.review_fwe_alpha)
     extra_z: list[tuple[str, NDArray[np.float32]]] = []
-    extra_info = []
+    extra_info: list[dict[str, Any]] = []
+    extra_def: list[NDArray[np.bool_]] = []
+    extra_ok: list[dict[str, Any]] = []  # info of the extras in extra_z
     for eb, ef, name in extra or []:
         try:
             ez = z_pair(eb, ef, p)
@@ -397,12 +399,30 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                                            **DETECT_RIGID))
             zimg = sitk.Resample(img_like(ez.z, eb), base, r.transform, sitk.sitkLinear, 0.0,
                                  sitk.sitkFloat32)
+            dimg = sitk.Resample(img_like(ez.brain.astype(np.uint8), eb), base, r.transform,
+                                 sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             extra_z.append((name.lower(), arr(zimg)))
-            extra_info.append({"contrast": name.lower(), "registration": ez.info["registration"],
-                               "noise": ez.info["noise"]})
+            extra_def.append(arr(dimg) > 0)
+            extra_ok.append({"contrast": name.lower(), "registration": ez.info["registration"],
+                             "noise": ez.info["noise"]})
+            extra_info.append(extra_ok[-1])
         except (ValueError, RuntimeError) as e:
             log.warning("extra contrast %s skipped: %s", name, e)
             extra_info.append({"contrast": name.lower(), "error": str(e)})
+    # co-directional contrasts (a new lesion is bright on FLAIR and T2w alike) are pooled
+    # voxel-wise before extraction (Stouffer, correlation-adjusted); others only add
+    # evidence to candidates found on the main contrast
+    pooled = [k for k, (nm, _) in enumerate(extra_z) if nm in POOLED.get(c, ())]
+    z_used = zp.z
+    if pooled:
+        z_used, rho = combine_z(zp.z, [extra_z[k][1] for k in pooled],
+                                [extra_def[k] for k in pooled], zp.tissue)
+        z_used = np.where(zp.brain, z_used, 0.0).astype(np.float32)
+        for k, rk in zip(pooled, rho, strict=True):
+            extra_ok[k]["pooled_rho"] = rk
+    comps = extract(z_used, aff, p.z_low, p.z_seed, min_vol,
+                    allowed_pos=allowed_pos, allowed_neg=allowed_neg)
+    z_review = review_threshold(int(zp.brain.sum()), sp, p.smooth_mm, p.review_fwe_alpha)
     depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
     reg_status = zp.info["registration"]["status"]
     cands: list[dict[str, Any]] = []
@@ -439,13 +459,16 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             ctype, reportable, loc = sd.type, sd.reportable, sd.location
             reasons += sd.reasons
         evidence = abs(comp.peak_z)
-        for name, ezm in extra_z:
+        for k, (name, ezm) in enumerate(extra_z):
             mz = float(comp.sign * ezm.ravel()[comp.voxels].mean())
             comp.extra[name] = mz
             if mz >= p.extra_contrast_z:
                 contrasts.append(name)
-                evidence += p.extra_contrast_bonus
-                reasons.append(f"{name} agrees (mean z {mz:.1f})")
+                if k in pooled:  # already in z_used: no bonus on top
+                    reasons.append(f"{name} agrees (mean z {mz:.1f}; pooled into the z-map)")
+                else:
+                    evidence += p.extra_contrast_bonus
+                    reasons.append(f"{name} agrees (mean z {mz:.1f})")
         if bool(near[-comp.sign][comp.voxels].any()):
             evidence -= p.dipole_penalty
             reasons.append(f"opposite-sign change within {p.dipole_mm:g} mm (misregistration "
@@ -496,7 +519,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         **({"spine": sctx.info} if sctx is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    res = ChangeResult(candidates=cands, labels=labels, z=zp.z,
+    res = ChangeResult(candidates=cands, labels=labels, z=z_used,
                        followup_in_baseline=zp.followup_in_baseline, baseline=base,
                        registration=registration, parameters=parameters, components=comps)
     # dwi + ADC, t1ce + pre-contrast T1w of the same visits (mri_safety.change.multicontrast)
