@@ -299,6 +299,18 @@ def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
         top_solo["centroid_baseline_voxel"], abs=0.5)
     assert any("pooled into the z-map" in r for r in top_p["reasons"])
     assert 0.0 <= pooled["parameters"]["extra_contrasts"][0]["pooled_rho"] < 1.0
+    # the pipeline's route (already registered extra pair) gives the same candidates
+    from mri_safety.change.compare import detect_registered, register_pair
+
+    prm = load_params()
+    img = {k: sitk.ReadImage(str(v), sitk.sitkFloat32) for k, v in
+           {"b": bp, "f": fp, "bx": bx, "fx": fx}.items()}
+    reg = detect_registered(
+        register_pair(img["b"], img["f"], threads=prm.registration_threads, seed=prm.seed),
+        "flair", params=prm, extra_registered=[(register_pair(
+            img["bx"], img["fx"], threads=prm.registration_threads, seed=prm.seed), "t2w")])
+    assert [(c["id"], c["evidence_z"], c["volume_mm3"]) for c in reg.candidates] == [
+        (c["id"], c["evidence_z"], c["volume_mm3"]) for c in pooled["candidates"]]
 
 
 def test_combine_z_pools_evidence_and_stays_standard_normal_under_correlation() -> None:

@@ -34,7 +34,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -345,14 +347,18 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                       params: DetectParams | None = None,
                       extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None,
                       started: float | None = None,
-                      within: WithinVisit | None = None) -> ChangeResult:
+                      within: WithinVisit | None = None,
+                      extra_registered: list[tuple[RegisteredPair, str]] | None = None
+                      ) -> ChangeResult:
     """Steps 3-7 of the module docstring on a :class:`RegisteredPair`:
     ``detect_pair(b, f, ...) == detect_registered(register_pair(b, f, ...), ...)``.
 
     Uses only the detection parameters of ``params`` (not
     :data:`REGISTER_PARAMS`, except for registering ``extra`` pairs).
     ``started``: ``time.perf_counter()`` at the start of the work, for
-    ``parameters["seconds"]`` (default: now).
+    ``parameters["seconds"]`` (default: now). ``extra_registered``: extra
+    contrasts as already registered pairs (the pipeline reuses the other
+    series' register stage), treated like ``extra``.
     """
     p = params or load_params()
     c = _check_contrast(contrast)
@@ -389,9 +395,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     extra_info: list[dict[str, Any]] = []
     extra_def: list[NDArray[np.bool_]] = []
     extra_ok: list[dict[str, Any]] = []  # info of the extras in extra_z
-    for eb, ef, name in extra or []:
+    extra_items: list[tuple[Callable[[], ZPair], sitk.Image, str]] = [
+        (partial(z_pair, eb, ef, p), eb, name) for eb, ef, name in extra or []]
+    extra_items += [(partial(z_registered, erp, p), erp.baseline, name)
+                    for erp, name in extra_registered or []]
+    for get_z, eb, name in extra_items:
         try:
-            ez = z_pair(eb, ef, p)
+            ez = get_z()
             # extra baseline -> main baseline (rigid), then its z onto the main grid
             r = register(base, sitk.Cast(eb, sitk.sitkFloat32),
                          fixed_mask=img_like(dilate_mm(zp.brain, 5.0, sp).astype(np.uint8), base),
