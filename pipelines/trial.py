@@ -7,8 +7,10 @@ Graph (one task per box; arrows are data dependencies)::
       -> qc[series]                           (unusable series are not compared)
       -> register[follow-up vs baseline counterpart]   N4, masks, rigid registration
          register[follow-up vs previous-visit counterpart]
-      -> detect[pair]                         z-map + candidates (configs/detection.yaml)
+      -> detect[pair]                         z-map + candidates (configs/detection.yaml),
+                                              with the visits' ADC (dwi) / pre-contrast T1w (t1ce)
       -> evidence[pair]                       montages + registration check
+         volume[brain T1w (else T2w) follow-up vs baseline]   Jacobian volume change
       -> visit summary (driver) -> trial summary (driver)
 
 Every task is a :class:`~pipelines.cache.StageStore` stage, so a re-run skips
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mri_safety import __version__
+from mri_safety.change.jacobian import VolumeChangeParams
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.config import Config, load_config
 from mri_safety.dicom.deid import Deidentifier
@@ -47,6 +50,16 @@ from pipelines.convert import (
     SeriesReport,
     convert_planned,
     plan_conversion,
+)
+from pipelines.multicontrast import (
+    bvalue_class,
+    drop_partnered_adc,
+    load_within,
+    run_volume,
+    series_bvalues,
+    volume_entry,
+    volume_pairs,
+    within_partners,
 )
 
 log = logging.getLogger(__name__)
@@ -228,12 +241,17 @@ def detect_stage(
     rp = load_registered(registered, inputs["baseline"], inputs["followup"])
     reg_params = json.loads((registered / "registration.json").read_text())["parameters"]
     p = DetectParams.model_validate({**detection, **reg_params})
+    within = load_within(inputs)  # ADC / pre-contrast T1w of the two visits, if any
     with _itk(itk_threads):
-        res = detect_registered(rp, contrast=contrast, region=region, params=p)
+        res = detect_registered(rp, contrast=contrast, region=region, params=p, within=within)
     b, f = inputs["baseline"], inputs["followup"]
-    doc = write_outputs(res, out, {"baseline": b.name, "baseline_sha256": _digest(b),
-                                   "followup": f.name, "followup_sha256": _digest(f),
-                                   "extra": []})
+    doc_inputs: dict[str, Any] = {"baseline": b.name, "baseline_sha256": _digest(b),
+                                  "followup": f.name, "followup_sha256": _digest(f),
+                                  "extra": []}
+    if within is not None:
+        doc_inputs["within_visit"] = {k: inputs[k].name for k in sorted(inputs)
+                                      if k not in ("baseline", "followup")}
+    doc = write_outputs(res, out, doc_inputs)
     return {
         "n_candidates": len(doc["candidates"]),
         "n_flagged": sum(1 for c in doc["candidates"] if c.get("flagged")),
@@ -262,9 +280,11 @@ def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[st
 
 
 def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, region: str,
-                contrast: str, detection: dict[str, Any], threads: int) -> StageResult:
+                contrast: str, detection: dict[str, Any], threads: int,
+                partners: dict[str, Path] | None = None) -> StageResult:
+    """``partners``: within-visit partner files by role (hashed as inputs)."""
     return StageStore(root).run("detect", detect_stage,
-                                {"baseline": baseline, "followup": followup},
+                                {"baseline": baseline, "followup": followup, **(partners or {})},
                                 {"region": region, "contrast": contrast,
                                  "detection": detection, "itk_threads": threads},
                                 extra_key={"register": reg.digest},
@@ -332,6 +352,9 @@ class Pair:
     contrast: str
     baseline_name: str
     followup_name: str
+    #: within-visit partner series by role (adc_/pre_ + baseline/followup), see
+    #: pipelines.multicontrast.within_partners
+    within: dict[str, str] = field(default_factory=dict)
 
 
 def _days(row: SeriesReport, plans: dict[str, SeriesPlan]) -> int:
@@ -339,13 +362,22 @@ def _days(row: SeriesReport, plans: dict[str, SeriesPlan]) -> int:
     return d if d is not None else 0
 
 
-def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan]) -> list[Pair]:
+def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan],
+              bvalues: dict[str, float | None] | None = None) -> list[Pair]:
     """Comparisons to run: each converted follow-up series against the
     matching series (same region, contrast, contrast agent) of the baseline
-    visit and, when different, of the previous visit."""
+    visit and, when different, of the previous visit. Post-contrast T1w is
+    compared as ``t1ce``. DWI series match by b-value class (``bvalues``:
+    output name -> largest b, :func:`pipelines.multicontrast.series_bvalues`);
+    b0 references are not compared."""
+    bv = bvalues or {}
+
+    def bclass(r: SeriesReport) -> str:
+        return bvalue_class(bv.get(r.output)) if r.contrast == "DWI" else ""
+
     by_subject: dict[str, list[SeriesReport]] = defaultdict(list)
     for r in rows:
-        if r.status == "converted" and r.contrast in COMPARE_CONTRAST:
+        if r.status == "converted" and r.contrast in COMPARE_CONTRAST and bclass(r) != "b0":
             by_subject[r.subject].append(r)
     out: list[Pair] = []
     for subject, srows in by_subject.items():
@@ -356,7 +388,8 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan]) -> list[Pa
         def match(visit: str, like: SeriesReport,
                   srows: list[SeriesReport] = srows) -> SeriesReport | None:
             cands = [r for r in srows if r.session == visit and r.region == like.region
-                     and r.contrast == like.contrast and r.post_contrast == like.post_contrast]
+                     and r.contrast == like.contrast and r.post_contrast == like.post_contrast
+                     and bclass(r) == bclass(like)]
             cands.sort(key=lambda r: (r.acq != like.acq, r.output))
             return cands[0] if cands else None
 
@@ -371,9 +404,11 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan]) -> list[Pa
                 ref = match(ref_visit, r)
                 if ref is None:
                     continue
+                contrast = ("t1ce" if r.contrast == "T1w" and r.post_contrast
+                            else COMPARE_CONTRAST[r.contrast])
                 out.append(Pair(subject, r.session, ref_visit, kind,
                                 COMPARE_REGION.get(r.region, "brain"),
-                                COMPARE_CONTRAST[r.contrast], ref.output, r.output))
+                                contrast, ref.output, r.output))
     return out
 
 
@@ -506,17 +541,28 @@ def run_trial(
     reg_params, det_params = split_detection(
         detection if detection is not None else load_params())
     reg_params["itk_threads"] = threads_per_task
-    pairs = pairs_for(usable, plans)
+    pairs = pairs_for(usable, plans,
+                      series_bvalues(usable, {n: r.path for n, r in by_name.items()}))
+    for pair in pairs:  # ADC (dwi) / pre-contrast T1w (t1ce) of the two visits
+        pair.within = within_partners(pair, usable)
+    pairs = drop_partnered_adc(pairs)  # ADC judged inside the DWI comparison
+    vol_pairs = volume_pairs(pairs)  # brain T1w (else T2w) follow-up vs baseline
+    vol_params = asdict(VolumeChangeParams())
     chain: dict[Any, tuple[str, int]] = {}
     for i, pair in enumerate(pairs):
         b = by_name[pair.baseline_name].path / pair.baseline_name
         f = by_name[pair.followup_name].path / pair.followup_name
+        partners = {role: by_name[name].path / name for role, name in pair.within.items()}
         rf = client.submit(_run_register, str(work), b, f, reg_params, pure=False,
                            retries=RETRIES)
         df = client.submit(_run_detect, str(work), rf, b, f, pair.region, pair.contrast,
-                           det_params, threads_per_task, pure=False, retries=RETRIES)
+                           det_params, threads_per_task, partners, pure=False, retries=RETRIES)
         ef = client.submit(_run_evidence, str(work), df, b, pure=False, retries=RETRIES)
         chain.update({rf: ("register", i), df: ("detect", i), ef: ("evidence", i)})
+        if i in vol_pairs:
+            vf = client.submit(run_volume, str(work), rf, b, f, pair.contrast, vol_params,
+                               threads_per_task, pure=False, retries=RETRIES)
+            chain[vf] = ("volume", i)
     got: dict[tuple[str, int], StageResult | BaseException] = {}
     finished: dict[str, int] = defaultdict(int)
     for fut in as_completed(list(chain)):
@@ -529,7 +575,7 @@ def run_trial(
             got[(stage, i)] = exc
         finished[stage] += 1
         if progress:
-            progress(stage, finished[stage], len(pairs))
+            progress(stage, finished[stage], len(vol_pairs) if stage == "volume" else len(pairs))
     compared: list[tuple[Pair, StageResult | None, str]] = []
     evidence: dict[tuple[str, str], str] = {}
     registered: dict[tuple[str, str], str] = {}
@@ -556,10 +602,17 @@ def run_trial(
         else:
             evidence[(pair.followup_name, pair.baseline_name)] = str(evi.path.relative_to(out))
 
+    volumes: list[tuple[Pair, StageResult | BaseException]] = []
+    for i, pair in vol_pairs.items():
+        vres = got[("volume", i)]
+        if isinstance(vres, BaseException) and isinstance(got[("register", i)], StageResult):
+            summary.failures.append(f"volume {pair.followup_name} vs {pair.baseline_name}: "
+                                    f"{vres}")
+        volumes.append((pair, vres))
     sidecars = {name: json.loads((res.path / name.replace(".nii.gz", ".json")).read_text())
                 for name, res in by_name.items()}
     _write_visit_summaries(out, rows, plans, compared, summary, qc, evidence, sidecars,
-                           registered)
+                           registered, volumes)
     summary.failures.extend(
         f"{r.source}: {'; '.join(r.errors)}" for r in report.series if r.status == "failed")
     summary.failures.extend(report.visit_errors)
@@ -635,6 +688,7 @@ def _write_visit_summaries(
     evidence: dict[tuple[str, str], str],
     sidecars: dict[str, dict[str, Any]],
     registered: dict[tuple[str, str], str],
+    volumes: list[tuple[Pair, StageResult | BaseException]] | None = None,
 ) -> None:
     from mri_safety.qc.protocol import compare_protocol
 
@@ -675,9 +729,15 @@ def _write_visit_summaries(
             })
             v["n_flagged"] += sum(1 for c in doc["candidates"] if c.get("flagged"))
         v["comparisons"].append(entry)
+    for pair, vres in volumes or []:  # brain / ventricle volume change (Jacobian)
+        v = visits[(pair.subject, pair.visit)]
+        ventry = volume_entry(pair, vres, out)
+        v.setdefault("volume_change", []).append(ventry)
+        v["n_flagged"] += sum(1 for c in ventry.get("candidates", []) if c.get("flagged"))
     _track_findings(visits, out)
     for (subject, visit), v in sorted(visits.items()):
-        problems = v["not_assessable"] or any(c.get("error") for c in v["comparisons"])
+        problems = (v["not_assessable"] or any(c.get("error") for c in v["comparisons"])
+                    or any(e.get("error") for e in v.get("volume_change", [])))
         if visit == "baseline":
             v["status"] = "baseline"
         elif v["n_flagged"]:

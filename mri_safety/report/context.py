@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from mri_safety.report.safety import series_label
+from mri_safety.report.volume_change import volume_change_candidates, volume_change_rows
 
 #: QC metrics shown in the series table (name, label, better direction)
 QC_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -156,6 +157,7 @@ def build_visit_context(
                 "montage": src,
                 "montage_missing": bool(x.get("flagged")) and src is None,
             })
+    candidates.extend(volume_change_candidates(summary))  # ventricular enlargement
     candidates.sort(key=lambda r: (not r["flagged"], r["comparison"], r["finding_id"]))
     is_baseline = summary.get("status") == "baseline"
     n_flagged = int(summary.get("n_flagged", 0))
@@ -172,7 +174,8 @@ def build_visit_context(
         "series": series, "comparisons": comparisons, "deviations": deviations,
         "flagged": [x for x in candidates if x["flagged"]],
         "unflagged": [x for x in candidates if not x["flagged"]],
-        "plots": dict(plots or {}), "morphometry": list(morphometry or []),
+        "plots": dict(plots or {}),
+        "morphometry": list(morphometry or []) + volume_change_rows(summary),
         "provenance": dict(provenance or {}), "decision": decision,
         "index_href": index_href,
     }

@@ -1,0 +1,262 @@
+"""Within-visit partners and volume change in the trial pipeline.
+
+Fast: b-values from sidecars, pairing (b0 not compared, DWI by b-value,
+post-contrast T1w as t1ce, ADC / pre-contrast partners, partnered ADC
+comparisons dropped, volume-change pair choice), the ventricular-enlargement
+candidate and its report rows.
+
+Slow (~3-4 min on 2 shared cores): the third synthetic patient (seed 0), whose
+M2 visit has an infarct (from 24h), a mass and enlarged ventricles, baseline
+and M2 only, series T1w, DWI b0/b1000, ADC, post-contrast T1w, through the
+pipeline: the volume stage flags ventricular enlargement in the visit summary
+and report, the DWI comparison (with ADC) flags the infarct as
+new_restricted_diffusion, the t1ce comparison (with pre-contrast T1w) flags the
+mass as new_enhancement, and a re-run reuses the volume stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mri_safety.change.volume_finding import ventricular_candidate
+from mri_safety.report import build_visit_context, render_visit_report
+from pipelines.convert import SeriesReport
+from pipelines.multicontrast import (
+    drop_partnered_adc,
+    dwi_bvalue,
+    volume_pairs,
+    within_partners,
+)
+from pipelines.trial import pairs_for
+
+# --------------------------------------------------------------------------
+# fast
+
+
+def test_dwi_bvalue_sources() -> None:
+    assert dwi_bvalue({}, "0 1000 1000 1000\n") == 1000.0
+    assert dwi_bvalue({"DiffusionBValue": 800}) == 800.0
+    assert dwi_bvalue({"SequenceName": "*ep_b0"}) == 0.0
+    assert dwi_bvalue({"SequenceName": "*ep_b1000t"}) == 1000.0
+    assert dwi_bvalue({"ImageType": ["ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW"]}) == 1000.0
+    assert dwi_bvalue({"SequenceName": "tfl3d1"}) is None
+
+
+def _row(session: str, contrast: str, output: str, post: bool = False, acq: str = "2d",
+         region: str = "brain") -> SeriesReport:
+    return SeriesReport(key=f"{session}-{output}", source="x", series_number=1, n_instances=1,
+                        status="converted", subject="S1", session=session, region=region,
+                        contrast=contrast, post_contrast=post, acq=acq, output=output)
+
+
+def _trial_rows() -> tuple[list[SeriesReport], dict[str, Any], dict[str, float | None]]:
+    rows, bvals = [], {}
+    for ses in ("baseline", "24h", "M2"):
+        rows += [_row(ses, "T1w", f"{ses}_T1w", acq="3d"),
+                 _row(ses, "T1w", f"{ses}_ceT1w", post=True, acq="3d"),
+                 _row(ses, "DWI", f"{ses}_run-1_dwi"), _row(ses, "DWI", f"{ses}_run-2_dwi"),
+                 _row(ses, "ADC", f"{ses}_ADC"), _row(ses, "FLAIR", f"{ses}_FLAIR")]
+        bvals[f"{ses}_run-1_dwi"], bvals[f"{ses}_run-2_dwi"] = 0.0, 1000.0
+    days = {"baseline": -7, "24h": 1, "M2": 61}
+    plans = {r.key: SimpleNamespace(visit=SimpleNamespace(days_from_dosing=days[r.session]))
+             for r in rows}
+    return rows, plans, bvals
+
+
+def test_pairs_partners_and_volume_choice() -> None:
+    rows, plans, bvals = _trial_rows()
+    pairs = pairs_for(rows, plans, bvals)  # type: ignore[arg-type]
+    got = {(p.visit, p.kind, p.contrast, p.followup_name, p.baseline_name) for p in pairs}
+    assert ("M2", "baseline", "dwi", "M2_run-2_dwi", "baseline_run-2_dwi") in got
+    assert not [p for p in pairs if "run-1" in p.followup_name]  # b0 not compared
+    assert ("M2", "baseline", "t1ce", "M2_ceT1w", "baseline_ceT1w") in got
+    assert ("M2", "previous", "t1w", "M2_T1w", "24h_T1w") in got
+    for p in pairs:
+        p.within = within_partners(p, rows)
+    dwi = next(p for p in pairs if p.contrast == "dwi" and p.visit == "M2" and p.kind == "previous")
+    assert dwi.within == {"adc_baseline": "24h_ADC", "adc_followup": "M2_ADC"}
+    ce = next(p for p in pairs if p.contrast == "t1ce" and p.visit == "24h")
+    assert ce.within == {"pre_baseline": "baseline_T1w", "pre_followup": "24h_T1w"}
+    assert all(p.within == {} for p in pairs if p.contrast in ("t1w", "flair", "adc"))
+    kept = drop_partnered_adc(pairs)
+    assert not [p for p in kept if p.contrast == "adc"]
+    assert len(kept) == len(pairs) - 3  # 24h vs baseline, M2 vs baseline, M2 vs 24h
+    vol = volume_pairs(kept)
+    assert sorted((p.visit, p.contrast, p.kind) for p in vol.values()) == [
+        ("24h", "t1w", "baseline"), ("M2", "t1w", "baseline")]
+    # no partner ADC at the follow-up: the DWI pair has none, the ADC pair stays
+    rows2 = [r for r in rows if r.output != "M2_ADC"]
+    pairs2 = pairs_for(rows2, plans, bvals)  # type: ignore[arg-type]
+    for p in pairs2:
+        p.within = within_partners(p, rows2)
+    d2 = next(p for p in pairs2 if p.contrast == "dwi" and p.visit == "M2" and p.kind == "baseline")
+    assert d2.within == {"adc_baseline": "baseline_ADC"}
+    # T2w when there is no T1w
+    rows3 = [r for r in rows if r.contrast != "T1w"] + [_row(s, "T2w", f"{s}_T2w")
+                                                       for s in ("baseline", "M2")]
+    p3 = volume_pairs(pairs_for(rows3, plans | {r.key: SimpleNamespace(  # type: ignore[arg-type]
+        visit=SimpleNamespace(days_from_dosing=0 if r.session == "baseline" else 61))
+        for r in rows3}, bvals))
+    assert [(p.visit, p.contrast) for p in p3.values()] == [("M2", "t2w")]
+
+
+def _volume_summary(enlarged: bool) -> dict[str, Any]:
+    vc = {"brain_volume_change_pct": -0.4, "ventricle_volume_change_pct": 22.0 if enlarged
+          else 3.0, "ventricle_volume_mm3": 30000.0, "atrophy_allowance_pct": 4.0,
+          "ventricular_enlargement": enlarged}
+    cand = ventricular_candidate(vc, 10.0)
+    entry = {"region": "brain", "contrast": "t1w", "reference_visit": "baseline",
+             "baseline_name": "sub-X/ses-baseline/anat/b_T1w.nii.gz",
+             "followup_name": "sub-X/ses-M2/anat/f_T1w.nii.gz", "error": "", **vc,
+             "candidates": [{**cand, "finding_id": "brain-ventricles-vs-baseline"}] if cand
+             else []}
+    return {"subject": "X", "visit": "M2", "days_from_dosing": 61, "series": [],
+            "comparisons": [], "n_flagged": int(enlarged), "not_assessable": [],
+            "status": "candidates flagged" if enlarged else "no candidates flagged",
+            "volume_change": [entry]}
+
+
+def test_ventricular_candidate_and_report_rows() -> None:
+    assert ventricular_candidate({"ventricle_volume_change_pct": 3.0,
+                                  "ventricular_enlargement": False}, 10.0) is None
+    s = _volume_summary(True)
+    cand = s["volume_change"][0]["candidates"][0]
+    # limit = 4 % allowance + 10 % margin; 22 % is 8 % above: logistic(8 / 5)
+    assert cand["type"] == "ventricular_enlargement" and cand["flagged"]
+    assert cand["score"] == pytest.approx(1 / (1 + np.exp(-8 / 5)), abs=1e-4)
+    assert cand["volume_mm3"] == pytest.approx(6600.0)
+    ctx = build_visit_context(s)
+    assert [x["type"] for x in ctx["flagged"]] == ["ventricular enlargement"]
+    rows = {m["quantity"]: m for m in ctx["morphometry"]}
+    assert rows["ventricle volume change vs baseline (Jacobian)"]["value"] == "+22.0"
+    assert rows["brain volume change vs baseline (Jacobian)"]["value"] == "-0.40"
+    html = render_visit_report(ctx)
+    assert "ventricular enlargement" in html and "possible hydrocephalus" in html
+    assert "montage missing" not in html
+    quiet = build_visit_context(_volume_summary(False))
+    assert quiet["flagged"] == [] and len(quiet["morphometry"]) == 2
+
+
+# --------------------------------------------------------------------------
+# slow: the pipeline on a synthetic patient with enlarged ventricles
+
+SECRET = b"pipeline-test-secret-0123456789"
+KEEP = ("01_T1w", "05_DWI_b0", "06_DWI_b1000", "07_ADC", "08_T1w_post")
+
+
+@pytest.fixture(scope="module")
+def trial3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """SYN003 of seed 0 (M2: infarct since 24h, mass, ventricles +3-5 mm), baseline
+    and M2 only, the series of KEEP; returns the trial folder and the truth."""
+    from mri_safety.synth.study import generate_patient
+
+    full = tmp_path_factory.mktemp("synth3")
+    truth = generate_patient(full, 2, 0, "small")
+    trial = tmp_path_factory.mktemp("trial3")
+    for visit in ("baseline", "M2"):
+        for series in KEEP:
+            src = full / "dicom" / truth["patient_id"] / visit / series
+            shutil.copytree(src, trial / "dicom" / truth["patient_id"] / visit / series)
+    with open(trial / "enrolment.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("patient_id", "dosing_date"),
+                                  (truth["dicom_patient_id"], truth["dosing_date"])])
+    return trial, truth
+
+
+def _run(trial: Path, out: Path) -> Any:
+    from distributed import Client
+
+    from pipelines.cluster import local_cluster
+    from pipelines.trial import run_trial
+
+    with local_cluster(n_workers=2) as c, Client(c) as client:
+        return run_trial(trial / "dicom", out, client, secret=SECRET,
+                         enrolment=trial / "enrolment.csv")
+
+
+@pytest.fixture(scope="module")
+def run3(trial3: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[Path, Any, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("run3") / "out"
+    return out, _run(trial3[0], out), trial3[1]
+
+
+def _m2(out: Path) -> dict[str, Any]:
+    return json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
+
+
+def _near(c: dict[str, Any], truth: dict[str, Any], kind: str) -> bool:
+    a = next(a for a in truth["abnormalities"] if a["kind"] == kind)
+    centre = np.asarray(a["centre_ras_by_visit"]["baseline"])  # baseline scanner RAS mm
+    return bool(np.linalg.norm(np.asarray(c["centroid_ras_mm"]) - centre)
+                < a["diameter_mm"] / 2 + 4.0)
+
+
+@pytest.mark.slow
+def test_pipeline_volume_change_flags_ventricles(run3: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, summary, _ = run3
+    assert not summary.failures, summary.failures
+    assert summary.computed["volume"] == 1
+    doc = _m2(out)
+    (vc,) = doc["volume_change"]
+    assert vc["contrast"] == "t1w" and vc["error"] == ""
+    assert vc["ventricular_enlargement"] is True
+    assert vc["ventricle_volume_change_pct"] > vc["atrophy_allowance_pct"] + 10.0
+    assert abs(vc["brain_volume_change_pct"]) < 3.0
+    (cand,) = vc["candidates"]
+    assert cand["type"] == "ventricular_enlargement" and cand["flagged"]
+    assert cand["score"] > 0.5
+    manifest = json.loads((out / vc["manifest"]).read_text())
+    assert manifest["stage"] == "volume" and "jacobian.nii.gz" in manifest["outputs"]
+    assert manifest["parameters"]["params"]["ventricle_min_pct"] == 10.0
+    n_comp = sum(1 for c in doc["comparisons"] for x in c["candidates"] if x["flagged"])
+    assert doc["n_flagged"] == n_comp + 1
+    assert doc["status"] == "candidates flagged"
+    html = next((out / "reports").glob("*/ses-M2/report.html")).read_text()
+    assert "ventricle volume change vs baseline (Jacobian)" in html
+    assert "brain-ventricles-vs-baseline" in html
+
+
+@pytest.mark.slow
+def test_pipeline_pairs_within_visit(run3: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, _, truth = run3
+    doc = _m2(out)
+    comps = {c["contrast"]: c for c in doc["comparisons"]}
+    # b0 is not compared, ADC is judged inside the DWI comparison
+    assert sorted(comps) == ["dwi", "t1ce", "t1w"] and len(doc["comparisons"]) == 3
+    assert "run-2" in comps["dwi"]["followup_name"]
+    assert sorted(comps["dwi"]["within"]) == ["adc_baseline", "adc_followup"]
+    assert sorted(comps["t1ce"]["within"]) == ["pre_baseline", "pre_followup"]
+    dwi = [c for c in comps["dwi"]["candidates"] if c["flagged"]]
+    assert any(c["type"] == "new_restricted_diffusion" and "adc" in c["contrasts"]
+               and _near(c, truth, "infarct") for c in dwi), comps["dwi"]["candidates"]
+    assert all(c["adc"]["ratio_to_tissue"] < 1.0 for c in dwi if "adc" in c)
+    enh = [c for c in comps["t1ce"]["candidates"] if c["flagged"]]
+    assert any(c["type"] == "new_enhancement" and c.get("method", "").startswith("within")
+               and _near(c, truth, "mass") for c in enh), comps["t1ce"]["candidates"]
+    stage = (out / comps["t1ce"]["manifest"]).parent
+    assert (stage / "enhancement_followup.nii.gz").is_file()
+    cj = json.loads((stage / "candidates.json").read_text())
+    assert sorted(cj["inputs"]["within_visit"]) == ["pre_baseline", "pre_followup"]
+    m = json.loads((out / comps["dwi"]["manifest"]).read_text())
+    assert sorted(m["inputs"]) == ["adc_baseline", "adc_followup", "baseline", "followup"]
+
+
+@pytest.mark.slow
+def test_pipeline_rerun_reuses_volume(trial3: tuple[Path, dict[str, Any]],
+                                      run3: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, _, _ = run3
+    before = _m2(out)
+    again = _run(trial3[0], out)
+    # (detect re-runs too when someone edits mri_safety/change meanwhile: code is in its key)
+    assert "volume" not in again.computed and again.reused["volume"] == 1
+    assert again.reused["convert"] == 10
+    assert _m2(out)["volume_change"] == before["volume_change"]
