@@ -452,9 +452,9 @@ def is_syrinx(ev: SyrinxEvidence, sign: int) -> bool:
     * **centred**: centroid within ``SYRINX_CENTRED`` (0.4) x the cord's
       equivalent radius of the cord centre. The central canal lies at the
       centre of the cord, whereas inflammatory/demyelinating lesions favour
-      the peripheral (dorsal, lateral) white matter; 0.4 r is about one voxel
-      at 1 mm for a cervical cord (r ~ 4-5 mm), the uncertainty of the mask
-      centre.
+      the peripheral (dorsal, lateral) white matter; 0.4 r is 1.6-2 mm for a
+      cervical cord (r ~ 4-5 mm): the central fifth of the cross-section,
+      allowing one to two voxels of uncertainty of the mask centre.
 
     The thresholds come from this reasoning, not from fitting a case. A
     long, centred, fluid-bright change is typed a syrinx even when it is a
@@ -488,7 +488,8 @@ def describe(regions: SpineRegions, voxels: NDArray[np.int64], sign: int, contra
     ``vertebral_level`` (``"C4"`` or ``"unknown"``), ``compartment``
     (``intramedullary`` | ``extramedullary_intradural`` | ``canal_edge``),
     ``side`` (``left`` | ``right`` | ``midline``: centroid more than 1 mm from
-    the cord centre in RAS x), ``vertebral_level_span`` (``"C3-C4"``),
+    the cord centre in RAS x; ``unknown`` without cord in the slab),
+    ``vertebral_level_span`` (``"C3-C4"``),
     ``offset_from_cord_centre_mm``, ``length_along_cord_mm``, ``width_mm``,
     ``fluid_likeness`` (the syrinx rule's measurements, :class:`SyrinxEvidence`).
     """
