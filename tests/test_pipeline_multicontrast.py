@@ -145,6 +145,22 @@ def test_ventricular_candidate_and_report_rows() -> None:
     assert quiet["flagged"] == [] and len(quiet["morphometry"]) == 2
 
 
+def test_failed_volume_stage_is_an_entry_with_its_error(tmp_path: Path) -> None:
+    """A volume stage that raised is recorded in the visit summary (and shown in
+    the report) with the series named; it does not stop the visit."""
+    from pipelines.multicontrast import volume_entry
+    from pipelines.trial import Pair
+
+    pair = Pair("S1", "M2", "baseline", "baseline", "brain", "t1w",
+                "sub-S1/ses-baseline/anat/b_T1w.nii.gz", "sub-S1/ses-M2/anat/f_T1w.nii.gz")
+    entry = volume_entry(pair, RuntimeError("demons diverged"), tmp_path)
+    assert "f_T1w.nii.gz" in entry["error"] and "demons diverged" in entry["error"]
+    assert "candidates" not in entry and "ventricular_enlargement" not in entry
+    summary = {**_volume_summary(False), "volume_change": [entry]}
+    rows = build_visit_context(summary)["morphometry"]
+    assert [(r["value"], r["note"]) for r in rows] == [("failed", "demons diverged")]
+
+
 # --------------------------------------------------------------------------
 # slow: the pipeline on a synthetic patient with enlarged ventricles
 
