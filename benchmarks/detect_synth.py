@@ -52,7 +52,7 @@ warnings.filterwarnings("ignore")
 PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w_post": ("t1ce", "brain"),
          "DWI_b1000": ("dwi", "brain"), "T2starw": ("t2starw", "brain"),
          "spine_T2w": ("t2w", "spine")}
-#: brain series pooled with another series of the same visit (as the pipeline does)
+#: brain series pooled with another series of the same visits, as the pipeline does
 POOL = {"FLAIR": ("T2w", "t2w"), "T2w": ("FLAIR", "flair")}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
 

@@ -76,6 +76,28 @@ def choose_series(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def submit_early(client: Any, out: Path | str,
+                 visits: dict[tuple[str, str], list[dict[str, Any]]]) -> list[Any]:
+    """Submit the morphometry stage of each visit as soon as its series are
+    converted and QC'd, with the choice :func:`run_morphometry` makes later
+    (:func:`choose_series` over the visit's series entries: ``output``,
+    ``status``, ``qc_verdict``, ``region``, ``contrast``, ``post_contrast``).
+
+    Submitted after the comparisons, the tasks run when a worker would
+    otherwise idle; :func:`run_morphometry` then finds them cached. Wait for
+    the returned futures before calling it (a stage must not run twice at
+    once). Errors are left to :func:`run_morphometry`, which re-runs and
+    reports them."""
+    work = Path(out) / "work"
+    futs = []
+    for series in visits.values():
+        for region, s in choose_series({"series": series}).items():
+            futs.append(client.submit(_run_morphometry, str(work),
+                                      Path(out) / "bids" / s["output"], region,
+                                      s["contrast"], pure=False))
+    return futs
+
+
 def run_morphometry(out: Path | str, client: Any = None) -> list[dict[str, Any]]:
     """Measure every visit of ``OUT/visits`` (on the Dask ``client`` when given,
     else in this process) and write ``OUT/morphometry.json``: one entry per

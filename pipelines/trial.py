@@ -229,12 +229,16 @@ def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
 def detect_stage(
     inputs: dict[str, Path], out: Path, region: str, contrast: str,
     detection: dict[str, Any], registered: Path, itk_threads: int = 1,
+    pool_contrast: str | None = None, pool_registered: Path | None = None,
 ) -> dict[str, Any]:
     """z-map and candidates of one registered pair (the outputs of
     ``mri-safety compare``, docs/detection.md, byte-identical to it for the
     same inputs and parameters). ``detection``: the detection parameters
     without the registration ones (those come from the register stage's
-    ``registration.json``, which is keyed by its digest)."""
+    ``registration.json``, which is keyed by its digest). With ``pool_contrast``,
+    the comparison of that contrast of the same visits (``inputs["pool_baseline"]``,
+    ``inputs["pool_followup"]``, registered in ``pool_registered``) is pooled
+    into the z-map (docs/detection.md)."""
     from mri_safety.change.compare import _digest, detect_registered, write_outputs
     from mri_safety.change.params import DetectParams
 
@@ -242,15 +246,24 @@ def detect_stage(
     reg_params = json.loads((registered / "registration.json").read_text())["parameters"]
     p = DetectParams.model_validate({**detection, **reg_params})
     within = load_within(inputs)  # ADC / pre-contrast T1w of the two visits, if any
+    pools, extra_doc = [], []
+    if pool_contrast is not None and pool_registered is not None:
+        pb, pf = inputs["pool_baseline"], inputs["pool_followup"]
+        pools.append((load_registered(pool_registered, pb, pf), pool_contrast))
+        extra_doc.append({"baseline": pb.name, "baseline_sha256": _digest(pb),
+                          "followup": pf.name, "followup_sha256": _digest(pf),
+                          "contrast": pool_contrast})
     with _itk(itk_threads):
-        res = detect_registered(rp, contrast=contrast, region=region, params=p, within=within)
+        res = detect_registered(rp, contrast=contrast, region=region, params=p, within=within,
+                                extra_registered=pools)
     b, f = inputs["baseline"], inputs["followup"]
     doc_inputs: dict[str, Any] = {"baseline": b.name, "baseline_sha256": _digest(b),
                                   "followup": f.name, "followup_sha256": _digest(f),
-                                  "extra": []}
+                                  "extra": extra_doc}
     if within is not None:
         doc_inputs["within_visit"] = {k: inputs[k].name for k in sorted(inputs)
-                                      if k not in ("baseline", "followup")}
+                                      if k not in ("baseline", "followup", "pool_baseline",
+                                                   "pool_followup")}
     doc = write_outputs(res, out, doc_inputs)
     return {
         "n_candidates": len(doc["candidates"]),
@@ -281,14 +294,23 @@ def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[st
 
 def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, region: str,
                 contrast: str, detection: dict[str, Any], threads: int,
-                partners: dict[str, Path] | None = None) -> StageResult:
-    """``partners``: within-visit partner files by role (hashed as inputs)."""
-    return StageStore(root).run("detect", detect_stage,
-                                {"baseline": baseline, "followup": followup, **(partners or {})},
-                                {"region": region, "contrast": contrast,
-                                 "detection": detection, "itk_threads": threads},
-                                extra_key={"register": reg.digest},
-                                context={"registered": reg.path},
+                partners: dict[str, Path] | None = None,
+                pool: tuple[StageResult, Path, Path, str] | None = None) -> StageResult:
+    """``partners``: within-visit partner files by role (hashed as inputs).
+    ``pool``: (register result of the pooled comparison, its baseline and
+    follow-up, its contrast)."""
+    inputs = {"baseline": baseline, "followup": followup, **(partners or {})}
+    params: dict[str, Any] = {"region": region, "contrast": contrast,
+                              "detection": detection, "itk_threads": threads}
+    key = {"register": reg.digest}
+    context: dict[str, Any] = {"registered": reg.path}
+    if pool is not None:
+        inputs.update({"pool_baseline": pool[1], "pool_followup": pool[2]})
+        params["pool_contrast"] = pool[3]
+        key["pool_register"] = pool[0].digest
+        context["pool_registered"] = pool[0].path
+    return StageStore(root).run("detect", detect_stage, inputs, params,
+                                extra_key=key, context=context,
                                 code_deps=CODE_DEPS["detect"])
 
 
@@ -412,6 +434,40 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan],
     return out
 
 
+def pool_partners(pairs: list[Pair]) -> dict[int, int]:
+    """Index of each FLAIR comparison -> index of the T2w comparison of the same
+    subject, visits and region, and the reverse: a new lesion is bright on both,
+    so each detection pools the other's z-map into its own
+    (:data:`mri_safety.change.compare.POOLED`, :func:`mri_safety.change.zmap.combine_z`;
+    docs/detection.md), computed from the other's register stage."""
+    from mri_safety.change.compare import POOLED
+
+    by_key = {(p.subject, p.visit, p.reference_visit, p.region, p.contrast): j
+              for j, p in enumerate(pairs)}
+    out = {}
+    for i, p in enumerate(pairs):
+        for other in POOLED.get(p.contrast, ()):
+            j = by_key.get((p.subject, p.visit, p.reference_visit, p.region, other))
+            if j is not None:
+                out[i] = j
+                break
+    return out
+
+
+def _series_by_visit(rows: list[SeriesReport], qc: dict[str, dict[str, Any]]
+                     ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The series entries of each visit as the visit summary will list them (the
+    fields :func:`pipelines.morphometry.choose_series` reads)."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.subject:
+            out[(r.subject, r.session)].append({
+                "output": r.output, "status": r.status,
+                "qc_verdict": qc.get(r.output, {}).get("verdict"), "region": r.region,
+                "contrast": r.contrast, "post_contrast": r.post_contrast})
+    return out
+
+
 # --------------------------------------------------------------------------
 # the run
 
@@ -462,7 +518,9 @@ def run_trial(
     detect stages (a cache-key parameter: results differ slightly with it);
     match it to the cluster's threads per worker (``cores / workers``).
     """
-    from distributed import as_completed
+    from distributed import as_completed, wait
+
+    from pipelines.morphometry import submit_early
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -548,34 +606,68 @@ def run_trial(
     pairs = drop_partnered_adc(pairs)  # ADC judged inside the DWI comparison
     vol_pairs = volume_pairs(pairs)  # brain T1w (else T2w) follow-up vs baseline
     vol_params = asdict(VolumeChangeParams())
+    pooled = pool_partners(pairs)  # FLAIR comparison -> T2w comparison of the same visits
     chain: dict[Any, tuple[str, int]] = {}
-    for i, pair in enumerate(pairs):
-        b = by_name[pair.baseline_name].path / pair.baseline_name
-        f = by_name[pair.followup_name].path / pair.followup_name
+    regs: dict[int, Any] = {}
+    dets: dict[int, Any] = {}
+
+    def paths(pair: Pair) -> tuple[Path, Path]:
+        return (by_name[pair.baseline_name].path / pair.baseline_name,
+                by_name[pair.followup_name].path / pair.followup_name)
+
+    def submit_detect(i: int, pool_j: int | None) -> None:
+        pair = pairs[i]
+        b, f = paths(pair)
         partners = {role: by_name[name].path / name for role, name in pair.within.items()}
-        rf = client.submit(_run_register, str(work), b, f, reg_params, pure=False,
-                           retries=RETRIES)
-        df = client.submit(_run_detect, str(work), rf, b, f, pair.region, pair.contrast,
-                           det_params, threads_per_task, partners, pure=False, retries=RETRIES)
-        ef = client.submit(_run_evidence, str(work), df, b, pure=False, retries=RETRIES)
-        chain.update({rf: ("register", i), df: ("detect", i), ef: ("evidence", i)})
+        pool = (None if pool_j is None else
+                (regs[pool_j], *paths(pairs[pool_j]), pairs[pool_j].contrast))
+        dets[i] = client.submit(_run_detect, str(work), regs[i], b, f, pair.region,
+                                pair.contrast, det_params, threads_per_task, partners, pool,
+                                pure=False, retries=RETRIES)
+        ef = client.submit(_run_evidence, str(work), dets[i], b, pure=False, retries=RETRIES)
+        chain.update({dets[i]: ("detect", i), ef: ("evidence", i)})
+
+    for i, pair in enumerate(pairs):
+        b, f = paths(pair)
+        regs[i] = client.submit(_run_register, str(work), b, f, reg_params, pure=False,
+                                retries=RETRIES)
+        chain[regs[i]] = ("register", i)
         if i in vol_pairs:
-            vf = client.submit(run_volume, str(work), rf, b, f, pair.contrast, vol_params,
+            vf = client.submit(run_volume, str(work), regs[i], b, f, pair.contrast, vol_params,
                                threads_per_task, pure=False, retries=RETRIES)
             chain[vf] = ("volume", i)
+    for i in range(len(pairs)):
+        submit_detect(i, pooled.get(i))
+    # morphometry fills idle workers while the comparisons finish (cached for the reports)
+    early = submit_early(client, out, _series_by_visit(rows, qc))
     got: dict[tuple[str, int], StageResult | BaseException] = {}
     finished: dict[str, int] = defaultdict(int)
-    for fut in as_completed(list(chain)):
-        stage, i = chain[fut]
-        try:
-            sres: StageResult = fut.result()
-            got[(stage, i)] = sres
-            count(stage, sres)
-        except Exception as exc:  # a failed stage fails its pair only
-            got[(stage, i)] = exc
-        finished[stage] += 1
-        if progress:
-            progress(stage, finished[stage], len(vol_pairs) if stage == "volume" else len(pairs))
+
+    def collect() -> None:
+        for fut in as_completed(list(chain)):
+            stage, i = chain.pop(fut)
+            try:
+                sres: StageResult = fut.result()
+                got[(stage, i)] = sres
+                count(stage, sres)
+            except Exception as exc:  # a failed stage fails its pair only
+                got[(stage, i)] = exc
+            finished[stage] += 1
+            if progress:
+                progress(stage, min(finished[stage], len(pairs)),
+                         len(vol_pairs) if stage == "volume" else len(pairs))
+
+    collect()
+    # a pooled detection whose partner's registration failed runs alone
+    redo = [i for i, j in pooled.items() if isinstance(got[("register", j)], BaseException)
+            and not isinstance(got[("register", i)], BaseException)]
+    for i in redo:
+        log.warning("%s: pooled comparison failed, compared alone", pairs[i].followup_name)
+        finished["detect"] -= 1
+        finished["evidence"] -= 1
+        submit_detect(i, None)
+    collect()
+    wait(early)
     compared: list[tuple[Pair, StageResult | None, str]] = []
     evidence: dict[tuple[str, str], str] = {}
     registered: dict[tuple[str, str], str] = {}

@@ -299,7 +299,7 @@ def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
         top_solo["centroid_baseline_voxel"], abs=0.5)
     assert any("pooled into the z-map" in r for r in top_p["reasons"])
     assert 0.0 <= pooled["parameters"]["extra_contrasts"][0]["pooled_rho"] < 1.0
-    # the pipeline's route (already registered extra pair) gives the same candidates
+    # the pipeline's route (an already registered extra pair) gives the same candidates
     from mri_safety.change.compare import detect_registered, register_pair
 
     prm = load_params()

@@ -336,6 +336,20 @@ def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "fla
     return detect_registered(rp, contrast, region, p, extra, started=t0, within=within)
 
 
+def _extra_z(eb: sitk.Image, ef: sitk.Image, p: DetectParams
+             ) -> tuple[NDArray[np.float32], NDArray[np.bool_], dict[str, Any]]:
+    """z-map of an extra contrast pair on its own baseline grid, its search region,
+    and what to record about it."""
+    return _registered_z(register_pair(eb, ef, threads=p.registration_threads, seed=p.seed), p)
+
+
+def _registered_z(rp: RegisteredPair, p: DetectParams
+                  ) -> tuple[NDArray[np.float32], NDArray[np.bool_], dict[str, Any]]:
+    """Like :func:`_extra_z` for an already registered extra pair."""
+    ez = z_registered(rp, p)
+    return ez.z, ez.brain, {"registration": ez.info["registration"], "noise": ez.info["noise"]}
+
+
 def _check_contrast(contrast: str) -> str:
     c = contrast.lower()
     if c not in FINDINGS:
@@ -395,26 +409,26 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     extra_info: list[dict[str, Any]] = []
     extra_def: list[NDArray[np.bool_]] = []
     extra_ok: list[dict[str, Any]] = []  # info of the extras in extra_z
-    extra_items: list[tuple[Callable[[], ZPair], sitk.Image, str]] = [
-        (partial(z_pair, eb, ef, p), eb, name) for eb, ef, name in extra or []]
-    extra_items += [(partial(z_registered, erp, p), erp.baseline, name)
+    extra_items: list[tuple[Callable[[], tuple[NDArray[np.float32], NDArray[np.bool_],
+                                               dict[str, Any]]], sitk.Image, str]] = [
+        (partial(_extra_z, eb, ef, p), eb, name) for eb, ef, name in extra or []]
+    extra_items += [(partial(_registered_z, erp, p), erp.baseline, name)
                     for erp, name in extra_registered or []]
     for get_z, eb, name in extra_items:
         try:
-            ez = get_z()
+            ez_z, ez_def, ez_info = get_z()
             # extra baseline -> main baseline (rigid), then its z onto the main grid
             r = register(base, sitk.Cast(eb, sitk.sitkFloat32),
                          fixed_mask=img_like(dilate_mm(zp.brain, 5.0, sp).astype(np.uint8), base),
                          params=RigidParams(threads=p.registration_threads, seed=p.seed,
                                            **DETECT_RIGID))
-            zimg = sitk.Resample(img_like(ez.z, eb), base, r.transform, sitk.sitkLinear, 0.0,
+            zimg = sitk.Resample(img_like(ez_z, eb), base, r.transform, sitk.sitkLinear, 0.0,
                                  sitk.sitkFloat32)
-            dimg = sitk.Resample(img_like(ez.brain.astype(np.uint8), eb), base, r.transform,
+            dimg = sitk.Resample(img_like(ez_def.astype(np.uint8), eb), base, r.transform,
                                  sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             extra_z.append((name.lower(), arr(zimg)))
             extra_def.append(arr(dimg) > 0)
-            extra_ok.append({"contrast": name.lower(), "registration": ez.info["registration"],
-                             "noise": ez.info["noise"]})
+            extra_ok.append({"contrast": name.lower(), **ez_info})
             extra_info.append(extra_ok[-1])
         except (ValueError, RuntimeError) as e:
             log.warning("extra contrast %s skipped: %s", name, e)

@@ -1,0 +1,74 @@
+"""The pipeline pools each FLAIR comparison with the T2w comparison of the same
+visits (and the reverse), as ``mri-safety compare --extra-contrast`` does
+(docs/detection.md "Pooling FLAIR and T2w")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import small_synthetic_trial
+
+SECRET = b"pipeline-pooled-secret-0123456789"
+
+
+def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
+    from pipelines.trial import Pair, pool_partners
+
+    def pair(visit: str, ref: str, contrast: str, region: str = "brain") -> Pair:
+        return Pair("S1", visit, ref, "baseline" if ref == "baseline" else "previous", region,
+                    contrast, f"{ref}_{contrast}", f"{visit}_{contrast}")
+
+    pairs = [pair("24h", "baseline", "flair"), pair("24h", "baseline", "t2w"),
+             pair("M2", "baseline", "flair"), pair("M2", "24h", "flair"),
+             pair("M2", "24h", "t2w"), pair("M2", "baseline", "t1w"),
+             pair("M2", "baseline", "t2w", region="spine")]
+    # M2 vs baseline FLAIR has no brain T2w partner (only a spine one): alone
+    assert pool_partners(pairs) == {0: 1, 1: 0, 3: 4, 4: 3}
+
+
+@pytest.mark.slow
+def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -> None:
+    import SimpleITK as sitk
+    from distributed import Client
+
+    from mri_safety.change.compare import compare_main
+    from pipelines.cluster import local_cluster
+    from pipelines.trial import run_trial
+
+    trial = small_synthetic_trial(tmp_path_factory, ("02_FLAIR", "03_T2w"))
+    out = tmp_path / "out"
+    with local_cluster(n_workers=2) as c, Client(c) as client:
+        summary = run_trial(trial / "dicom", out, client, secret=SECRET,
+                            enrolment=trial / "enrolment.csv")
+    assert not summary.failures
+    comps = [c for v in sorted((out / "visits").glob("*/ses-*/visit_summary.json"))
+             for c in json.loads(v.read_text())["comparisons"]]
+    assert len(comps) == 6  # 24h: 1 per series; M2: vs baseline and vs 24h
+    for comp in comps:
+        doc = json.loads(((out / comp["manifest"]).parent / "candidates.json").read_text())
+        other = {"flair": "t2w", "t2w": "flair"}[comp["contrast"]]
+        (ex,) = doc["parameters"]["extra_contrasts"]
+        assert ex["contrast"] == other and 0.0 <= ex["pooled_rho"] < 1.0
+        assert doc["inputs"]["extra"][0]["contrast"] == other
+    # the FLAIR M2-vs-baseline stage gives what compare gives with the T2w pair as
+    # extra contrast (one ITK thread, as the pipeline's tasks)
+    comp = next(c for c in comps if c["contrast"] == "flair" and c["visit"] == "M2"
+                and c["kind"] == "baseline")
+    t2 = next(c for c in comps if c["contrast"] == "t2w" and c["visit"] == "M2"
+              and c["kind"] == "baseline")
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        doc = compare_main(out / "bids" / comp["baseline_name"],
+                           out / "bids" / comp["followup_name"], tmp_path / "cmp",
+                           region="brain", contrast="flair",
+                           extra=[(out / "bids" / t2["baseline_name"],
+                                   out / "bids" / t2["followup_name"], "t2w")])
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+    stage_dir = (out / comp["manifest"]).parent
+    staged = json.loads((stage_dir / "candidates.json").read_text())
+    assert staged["candidates"] == doc["candidates"]
+    for name in ("candidates.nii.gz", "zmap.nii.gz"):
+        assert (tmp_path / "cmp" / name).read_bytes() == (stage_dir / name).read_bytes(), name
