@@ -232,7 +232,8 @@ def compare(
     followup: Path = typer.Argument(..., help="Follow-up NIfTI"),
     out: Path = typer.Option(..., "--out", help="Output folder"),
     region: str = typer.Option("brain", "--region", help="brain|spine"),
-    contrast: str = typer.Option("flair", "--contrast", help="flair|t2w|t1w|..."),
+    contrast: str = typer.Option("flair", "--contrast",
+                                 help="flair|t2w|pd|t1w|t1ce|dwi|adc|swi|t2starw"),
     extra: list[str] | None = typer.Option(
         None, "--extra-contrast",
         help="Extra pair as BASELINE:FOLLOWUP:CONTRAST (repeatable)",

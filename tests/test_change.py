@@ -344,3 +344,14 @@ def test_combine_z_pools_evidence_and_stays_standard_normal_under_correlation() 
     assert zc[20, 20, 20] == pytest.approx(7.0 / np.sqrt(2.0 + 2.0 * r[0]), rel=1e-4)
     assert zc[20, 20, 20] > 4.8 > 3.5
     assert zc[10, 10, 2] == pytest.approx(3.5)
+
+
+def test_contrast_names_pd_known_unknown_refused() -> None:
+    """PD pairs (the pipeline maps PD series to ``pd``) are a known, lesion-like
+    contrast; an unknown contrast name is refused with the accepted list."""
+    from mri_safety.change.compare import FINDINGS, LESION_LIKE, _check_contrast
+
+    assert _check_contrast("PD") == "pd" and "pd" in LESION_LIKE
+    assert FINDINGS["pd"][1] == ("new_t2_hyperintensity", True)
+    with pytest.raises(ValueError, match="unknown contrast 'xyz'"):
+        _check_contrast("xyz")

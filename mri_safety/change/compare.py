@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 FINDINGS: dict[str, dict[int, tuple[str, bool]]] = {
     "flair": {1: ("new_t2_hyperintensity", True), -1: ("t2_signal_decrease", False)},
     "t2w": {1: ("new_t2_hyperintensity", True), -1: ("t2_signal_decrease", False)},
+    # proton density: MS/ischaemic lesions are PD-bright like on T2w
+    "pd": {1: ("new_t2_hyperintensity", True), -1: ("t2_signal_decrease", False)},
     "t1w": {1: ("t1_signal_increase", True), -1: ("t1_signal_decrease", True)},
     "t1ce": {1: ("new_enhancement", True), -1: ("t1_signal_decrease", False)},
     "dwi": {1: ("new_restricted_diffusion", True), -1: ("dwi_signal_decrease", False)},
@@ -77,7 +79,7 @@ FINDINGS: dict[str, dict[int, tuple[str, bool]]] = {
     "swi": {1: ("swi_signal_increase", False), -1: ("new_dark_focus", True)},
     "t2starw": {1: ("t2star_signal_increase", False), -1: ("new_dark_focus", True)},
 }
-LESION_LIKE = {"flair", "t2w", "dwi"}
+LESION_LIKE = {"flair", "t2w", "pd", "dwi"}
 #: extra contrasts pooled voxel-wise with the main z-map (same sign for a new lesion)
 POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
 REVIEW_SCORE = 0.5
