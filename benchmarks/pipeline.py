@@ -4,7 +4,7 @@ evidence -> visit summaries) on a synthetic trial, three ways:
 * ``a_serial_itk_all``: one process (``Client(processes=False)``, one task at a
   time), ITK and registration using all cores;
 * ``b_serial_1thread``: the same, pinned to ONE core (``sched_setaffinity``),
-  ITK and registration with one thread;
+  ITK, registration and BLAS/OpenMP with one thread (environment set before start);
 * ``c_localcluster``: ``pipelines.cluster.local_cluster()`` defaults (one
   single-task worker process per core, one ITK thread each), as ``mri-safety run``.
 
@@ -105,8 +105,17 @@ def measure(config: str, trial: Path, out: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res_file = out.parent / f"{config}.json"
     t0 = time.perf_counter()
+    # (b) is one thread throughout: ITK and BLAS/OpenMP get one thread from the
+    # start (set after numpy is imported, a pinned process keeps a 2-thread
+    # OpenBLAS pool on one core: its threads spin against each other, 40x slower
+    # on the spine stages); (a) gets all cores; (c) sets its workers' own
+    from pipelines.cluster import thread_env
+
+    env = dict(os.environ)
+    if config != "c_localcluster":
+        env.update(thread_env(1 if config == "b_serial_1thread" else os.cpu_count() or 1))
     subprocess.run([sys.executable, __file__, "--_child", config, str(trial), str(out),
-                    str(res_file)], check=True)
+                    str(res_file)], check=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(res_file.read_text())
@@ -198,7 +207,7 @@ def main() -> None:
 
     rows = ["| configuration | wall s | CPU s | CPU utilisation | peak RSS per worker MiB "
             "| wall per follow-up visit s | 2-core s per follow-up visit "
-            "| stage CPU s (register / detect / evidence / convert+qc) |",
+            "| stage CPU s (register / detect / evidence / volume / morphometry / convert+qc) |",
             "|---|---|---|---|---|---|---|---|"]
     for config, r in results.items():
         st = r["stage_s"]
@@ -207,7 +216,8 @@ def main() -> None:
             f"| {config} | {r['wall']:.1f} | {r['cpu_s']:.1f} | {100 * r['util']:.0f} % "
             f"| {', '.join(f'{v:.0f}' for v in r['worker_rss_mib'])} | {per:.1f} "
             f"| {per * cores:.1f} | {st.get('register', 0):.0f} / {st.get('detect', 0):.0f} / "
-            f"{st.get('evidence', 0):.0f} / {st.get('convert', 0) + st.get('qc', 0):.0f} |")
+            f"{st.get('evidence', 0):.0f} / {st.get('volume', 0):.0f} / "
+            f"{st.get('morphometry', 0):.0f} / {st.get('convert', 0) + st.get('qc', 0):.0f} |")
     lines = ["\n".join(rows), ""]
     a, b, c = (results.get(k) for k in CONFIGS)
     if a and b and c:
