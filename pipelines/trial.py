@@ -456,16 +456,21 @@ def pool_partners(pairs: list[Pair]) -> dict[int, int]:
 
 def _series_by_visit(rows: list[SeriesReport], qc: dict[str, dict[str, Any]]
                      ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The series entries of each visit as the visit summary will list them (the
-    fields :func:`pipelines.morphometry.choose_series` reads)."""
+    """The series entries of each visit as the visit summary will list them
+    (:func:`pipelines.morphometry.choose_series` reads them)."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.subject:
-            out[(r.subject, r.session)].append({
-                "output": r.output, "status": r.status,
-                "qc_verdict": qc.get(r.output, {}).get("verdict"), "region": r.region,
-                "contrast": r.contrast, "post_contrast": r.post_contrast})
+            out[(r.subject, r.session)].append(_series_entry(r, qc.get(r.output, {})))
     return out
+
+
+def _series_entry(r: SeriesReport, q: dict[str, Any]) -> dict[str, Any]:
+    """One series of a visit summary (``q``: its QC document, or empty)."""
+    return {"output": r.output, "source": r.source, "status": r.status,
+            "qc_verdict": q.get("verdict"), "qc_reasons": q.get("verdict_reasons", []),
+            "qc_manifest": q.get("manifest"), "region": r.region, "contrast": r.contrast,
+            "post_contrast": r.post_contrast, "errors": r.errors}
 
 
 # --------------------------------------------------------------------------
@@ -796,13 +801,7 @@ def _write_visit_summaries(
         q = qc.get(r.output, {})
         if r.status != "converted" or q.get("verdict") == "unusable":
             v["not_assessable"].append(r.output or r.source)
-        v["series"].append({"output": r.output, "source": r.source, "status": r.status,
-                            "qc_verdict": q.get("verdict"),
-                            "qc_reasons": q.get("verdict_reasons", []),
-                            "qc_manifest": q.get("manifest"),
-                            "region": r.region,
-                            "contrast": r.contrast, "post_contrast": r.post_contrast,
-                            "errors": r.errors})
+        v["series"].append(_series_entry(r, q))
     for pair, res, err in sorted(compared, key=lambda t: (t[0].followup_name, t[0].kind)):
         v = visits[(pair.subject, pair.visit)]
         entry: dict[str, Any] = {**asdict(pair), "error": err}

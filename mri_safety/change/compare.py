@@ -200,13 +200,6 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
         seconds_preprocess=round(t_prep, 2))
 
 
-def z_pair(baseline: sitk.Image, followup: sitk.Image, p: DetectParams,
-           brain: NDArray[np.bool_] | None = None) -> ZPair:
-    """Steps 1-5 of the module docstring for one contrast; see :class:`ZPair`."""
-    return z_registered(register_pair(baseline, followup, threads=p.registration_threads,
-                                      seed=p.seed, brain=brain), p)
-
-
 def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None = None
                  ) -> ZPair:
     """Steps 3-5 of the module docstring on a :class:`RegisteredPair`; with ``spine``
@@ -338,18 +331,8 @@ def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "fla
     return detect_registered(rp, contrast, region, p, extra, started=t0, within=within)
 
 
-def _extra_z(eb: sitk.Image, ef: sitk.Image, p: DetectParams
-             ) -> tuple[NDArray[np.float32], NDArray[np.bool_], dict[str, Any]]:
-    """z-map of an extra contrast pair on its own baseline grid, its search region,
-    and what to record about it."""
-    return _registered_z(register_pair(eb, ef, threads=p.registration_threads, seed=p.seed), p)
-
-
-def _registered_z(rp: RegisteredPair, p: DetectParams
-                  ) -> tuple[NDArray[np.float32], NDArray[np.bool_], dict[str, Any]]:
-    """Like :func:`_extra_z` for an already registered extra pair."""
-    ez = z_registered(rp, p)
-    return ez.z, ez.brain, {"registration": ez.info["registration"], "noise": ez.info["noise"]}
+def _given(rp: RegisteredPair) -> RegisteredPair:
+    return rp
 
 
 def _check_contrast(contrast: str) -> str:
@@ -411,26 +394,29 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     extra_info: list[dict[str, Any]] = []
     extra_def: list[NDArray[np.bool_]] = []
     extra_ok: list[dict[str, Any]] = []  # info of the extras in extra_z
-    extra_items: list[tuple[Callable[[], tuple[NDArray[np.float32], NDArray[np.bool_],
-                                               dict[str, Any]]], sitk.Image, str]] = [
-        (partial(_extra_z, eb, ef, p), eb, name) for eb, ef, name in extra or []]
-    extra_items += [(partial(_registered_z, erp, p), erp.baseline, name)
-                    for erp, name in extra_registered or []]
-    for get_z, eb, name in extra_items:
+    # extra pairs, registered here (images) or already registered (pipeline)
+    extra_items: list[tuple[Callable[[], RegisteredPair], str]] = [
+        (partial(register_pair, eb, ef, threads=p.registration_threads, seed=p.seed), name)
+        for eb, ef, name in extra or []]
+    extra_items += [(partial(_given, erp), name) for erp, name in extra_registered or []]
+    for get_rp, name in extra_items:
         try:
-            ez_z, ez_def, ez_info = get_z()
+            erp = get_rp()
+            ez = z_registered(erp, p)
+            eb = erp.baseline
             # extra baseline -> main baseline (rigid), then its z onto the main grid
             r = register(base, sitk.Cast(eb, sitk.sitkFloat32),
                          fixed_mask=img_like(dilate_mm(zp.brain, 5.0, sp).astype(np.uint8), base),
                          params=RigidParams(threads=p.registration_threads, seed=p.seed,
                                            **DETECT_RIGID))
-            zimg = sitk.Resample(img_like(ez_z, eb), base, r.transform, sitk.sitkLinear, 0.0,
+            zimg = sitk.Resample(img_like(ez.z, eb), base, r.transform, sitk.sitkLinear, 0.0,
                                  sitk.sitkFloat32)
-            dimg = sitk.Resample(img_like(ez_def.astype(np.uint8), eb), base, r.transform,
+            dimg = sitk.Resample(img_like(ez.brain.astype(np.uint8), eb), base, r.transform,
                                  sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             extra_z.append((name.lower(), arr(zimg)))
             extra_def.append(arr(dimg) > 0)
-            extra_ok.append({"contrast": name.lower(), **ez_info})
+            extra_ok.append({"contrast": name.lower(), "registration": ez.info["registration"],
+                             "noise": ez.info["noise"]})
             extra_info.append(extra_ok[-1])
         except (ValueError, RuntimeError) as e:
             log.warning("extra contrast %s skipped: %s", name, e)
