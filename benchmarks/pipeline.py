@@ -1,4 +1,4 @@
-"""Benchmark: the whole trial pipeline (convert -> qc -> register -> detect ->
+"""Benchmark: the whole trial pipeline (convert -> qc -> n4/masks -> register -> detect ->
 evidence -> visit summaries) on a synthetic trial, three ways:
 
 * ``a_serial_itk_all``: one process (``Client(processes=False)``, one task at a
@@ -207,7 +207,8 @@ def main() -> None:
 
     rows = ["| configuration | wall s | CPU s | CPU utilisation | peak RSS per worker MiB "
             "| wall per follow-up visit s | 2-core s per follow-up visit "
-            "| stage CPU s (register / detect / evidence / volume / morphometry / convert+qc) |",
+            "| stage CPU s (n4+masks / register / detect / evidence / volume / morphometry "
+            "/ convert+qc) |",
             "|---|---|---|---|---|---|---|---|"]
     for config, r in results.items():
         st = r["stage_s"]
@@ -215,7 +216,8 @@ def main() -> None:
         rows.append(
             f"| {config} | {r['wall']:.1f} | {r['cpu_s']:.1f} | {100 * r['util']:.0f} % "
             f"| {', '.join(f'{v:.0f}' for v in r['worker_rss_mib'])} | {per:.1f} "
-            f"| {per * cores:.1f} | {st.get('register', 0):.0f} / {st.get('detect', 0):.0f} / "
+            f"| {per * cores:.1f} | {st.get('n4', 0) + st.get('masks', 0):.0f} / "
+            f"{st.get('register', 0):.0f} / {st.get('detect', 0):.0f} / "
             f"{st.get('evidence', 0):.0f} / {st.get('volume', 0):.0f} / "
             f"{st.get('morphometry', 0):.0f} / {st.get('convert', 0) + st.get('qc', 0):.0f} |")
     lines = ["\n".join(rows), ""]

@@ -5,7 +5,8 @@ Graph (one task per box; arrows are data dependencies)::
     plan (driver, headers only)
       -> convert[series]                      (one per series)
       -> qc[series]                           (unusable series are not compared)
-      -> register[follow-up vs baseline counterpart]   N4, masks, rigid registration
+      -> n4[series], masks[series that are a baseline]   (pipelines.preprocess)
+      -> register[follow-up vs baseline counterpart]   rigid registration
          register[follow-up vs previous-visit counterpart]
       -> detect[pair]                         z-map + candidates (configs/detection.yaml),
                                               with the visits' ADC (dwi) / pre-contrast T1w (t1ce)
@@ -61,6 +62,7 @@ from pipelines.multicontrast import (
     volume_pairs,
     within_partners,
 )
+from pipelines.preprocess import run_masks, run_n4
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +159,16 @@ def evidence_stage(
 
 def register_stage(
     inputs: dict[str, Path], out: Path, registration_threads: int, seed: int,
-    itk_threads: int = 1,
+    itk_threads: int = 1, *, baseline_n4: Path, followup_n4: Path, masks: Path,
 ) -> dict[str, Any]:
-    """N4 of both visits, baseline masks, rigid registration of the follow-up
-    to the baseline (the expensive part of a comparison); writes
+    """Rigid registration of the follow-up to the baseline, from the series'
+    cached ``n4`` stages (``baseline_n4``, ``followup_n4``) and the baseline's
+    ``masks`` stage (:mod:`pipelines.preprocess`); writes
 
     * ``baseline_n4.nii.gz``, ``followup_n4.nii.gz`` (float32, each on its raw
-      image's grid), ``brain_mask.nii.gz``, ``icv_mask.nii.gz`` (uint8, baseline grid),
+      image's grid), ``brain_mask.nii.gz``, ``icv_mask.nii.gz`` (uint8, baseline
+      grid): links to (or copies of) the preprocessing outputs, so the folder
+      holds the whole registered pair (:func:`load_registered`),
     * ``transform.tfm`` (ITK text, baseline -> follow-up points, LPS mm; full
       double precision), ``followup_in_baseline.nii.gz`` (raw follow-up, linear),
     * ``registration.json`` (method, metric, mask method, parameters).
@@ -175,16 +180,18 @@ def register_stage(
     import SimpleITK as sitk
 
     from mri_safety.change.compare import _load, register_pair
-    from mri_safety.change.masks import img_like
+    from pipelines.preprocess import load_masks, load_n4
 
+    base, fu = _load(inputs["baseline"]), _load(inputs["followup"])
     with _itk(itk_threads):
-        rp = register_pair(_load(inputs["baseline"]), _load(inputs["followup"]),
-                           threads=registration_threads, seed=seed)
-    sitk.WriteImage(rp.baseline_n4, str(out / "baseline_n4.nii.gz"), useCompression=True)
-    sitk.WriteImage(rp.followup_n4, str(out / "followup_n4.nii.gz"), useCompression=True)
-    for name, m in (("brain_mask", rp.brain), ("icv_mask", rp.icv)):
-        sitk.WriteImage(img_like(m.astype("uint8"), rp.baseline), str(out / f"{name}.nii.gz"),
-                        useCompression=True)
+        rp = register_pair(base, fu, threads=registration_threads, seed=seed,
+                           baseline_n4=load_n4(baseline_n4, base),
+                           followup_n4=load_n4(followup_n4, fu),
+                           masks=load_masks(masks, base))
+    link_or_copy(baseline_n4 / "n4.nii.gz", out / "baseline_n4.nii.gz")
+    link_or_copy(followup_n4 / "n4.nii.gz", out / "followup_n4.nii.gz")
+    for name in ("brain_mask", "icv_mask"):
+        link_or_copy(masks / f"{name}.nii.gz", out / f"{name}.nii.gz")
     sitk.WriteTransform(rp.transform, str(out / "transform.tfm"))
     sitk.WriteImage(rp.followup_in_baseline(), str(out / "followup_in_baseline.nii.gz"),
                     useCompression=True)
@@ -192,7 +199,7 @@ def register_stage(
            "mask_method": rp.mask_method,
            "parameters": {"registration_threads": registration_threads, "seed": seed}}
     (out / "registration.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    return {**rp.registration, "seconds_preprocess": rp.seconds_preprocess}
+    return dict(rp.registration)
 
 
 def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
@@ -223,7 +230,7 @@ def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
         mask_method=doc["mask_method"],
         transform=sitk.ReadTransform(str(reg_dir / "transform.tfm")),
         registration={**doc["registration"], "seconds": summary.get("seconds", 0.0)},
-        seconds_preprocess=float(summary.get("seconds_preprocess", 0.0)))
+        seconds_preprocess=0.0)  # cached per series by the n4 / masks stages
 
 
 def detect_stage(
@@ -284,12 +291,18 @@ def _run_qc(root: str, image: Path, sidecar: Path, qc: dict[str, Any]) -> StageR
                                 {"qc": qc}, code_deps=CODE_DEPS["qc"])
 
 
-def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[str, Any]
+def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[str, Any],
+                  baseline_n4: StageResult, followup_n4: StageResult, masks: StageResult
                   ) -> StageResult:
-    """``reg_params``: registration_threads, seed, itk_threads."""
-    return StageStore(root).run("register", register_stage,
-                                {"baseline": baseline, "followup": followup}, reg_params,
-                                code_deps=CODE_DEPS["register"])
+    """``reg_params``: registration_threads, seed, itk_threads; the other
+    arguments are the series' preprocessing stages (:mod:`pipelines.preprocess`)."""
+    return StageStore(root).run(
+        "register", register_stage, {"baseline": baseline, "followup": followup}, reg_params,
+        extra_key={"baseline_n4": baseline_n4.digest, "followup_n4": followup_n4.digest,
+                   "masks": masks.digest},
+        context={"baseline_n4": baseline_n4.path, "followup_n4": followup_n4.path,
+                 "masks": masks.path},
+        code_deps=CODE_DEPS["register"])
 
 
 def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, region: str,
@@ -612,7 +625,7 @@ def run_trial(
     vol_pairs = volume_pairs(pairs)  # brain T1w (else T2w) follow-up vs baseline
     vol_params = asdict(VolumeChangeParams())
     pooled = pool_partners(pairs)  # FLAIR comparison -> T2w comparison of the same visits
-    chain: dict[Any, tuple[str, int]] = {}
+    chain: dict[Any, tuple[str, Any]] = {}  # future -> (stage, pair index or series name)
     regs: dict[int, Any] = {}
     dets: dict[int, Any] = {}
 
@@ -632,10 +645,26 @@ def run_trial(
         ef = client.submit(_run_evidence, str(work), dets[i], b, pure=False, retries=RETRIES)
         chain.update({dets[i]: ("detect", i), ef: ("evidence", i)})
 
+    # per series: N4 once, brain masks once if it is the baseline of a comparison
+    n4s: dict[str, Any] = {}
+    masks: dict[str, Any] = {}
+    for pair in pairs:
+        for name in (pair.baseline_name, pair.followup_name):
+            if name not in n4s:
+                n4s[name] = client.submit(run_n4, str(work), by_name[name].path / name,
+                                          threads_per_task, pure=False, retries=RETRIES)
+                chain[n4s[name]] = ("n4", name)
+        if pair.baseline_name not in masks:
+            name = pair.baseline_name
+            masks[name] = client.submit(run_masks, str(work), n4s[name],
+                                        by_name[name].path / name, threads_per_task,
+                                        pure=False, retries=RETRIES)
+            chain[masks[name]] = ("masks", name)
     for i, pair in enumerate(pairs):
         b, f = paths(pair)
-        regs[i] = client.submit(_run_register, str(work), b, f, reg_params, pure=False,
-                                retries=RETRIES)
+        regs[i] = client.submit(_run_register, str(work), b, f, reg_params,
+                                n4s[pair.baseline_name], n4s[pair.followup_name],
+                                masks[pair.baseline_name], pure=False, retries=RETRIES)
         chain[regs[i]] = ("register", i)
         if i in vol_pairs:
             vf = client.submit(run_volume, str(work), regs[i], b, f, pair.contrast, vol_params,
@@ -645,8 +674,9 @@ def run_trial(
         submit_detect(i, pooled.get(i))
     # morphometry fills idle workers while the comparisons finish (cached for the reports)
     early = submit_early(client, out, _series_by_visit(rows, qc))
-    got: dict[tuple[str, int], StageResult | BaseException] = {}
+    got: dict[tuple[str, Any], StageResult | BaseException] = {}
     finished: dict[str, int] = defaultdict(int)
+    totals = {"n4": len(n4s), "masks": len(masks), "volume": len(vol_pairs)}
 
     def collect() -> None:
         for fut in as_completed(list(chain)):
@@ -659,8 +689,8 @@ def run_trial(
                 got[(stage, i)] = exc
             finished[stage] += 1
             if progress:
-                progress(stage, min(finished[stage], len(pairs)),
-                         len(vol_pairs) if stage == "volume" else len(pairs))
+                total = totals.get(stage, len(pairs))
+                progress(stage, min(finished[stage], total), total)
 
     collect()
     # a pooled detection whose partner's registration failed runs alone

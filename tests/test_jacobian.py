@@ -76,7 +76,7 @@ def test_ventricular_enlargement_is_a_finding(baseline) -> None:
     true_pct = 100 * (_ellipsoid(tuple(a + 3.0 for a in VENT)).sum()  # type: ignore[arg-type]
                       / _ellipsoid(VENT).sum() - 1)
     assert r.ventricular_enlargement, r.as_dict()
-    # the 4 mm field smoothing underestimates a 3 mm rim growth (measured 56 % of 124 %)
+    # the 3 mm field smoothing underestimates a 3 mm rim growth (measured 82 % of 124 %)
     assert r.ventricle_pct is not None
     assert r.ventricle_pct > 0.35 * true_pct, (r.as_dict(), true_pct)
     assert abs(r.brain_pct) < 3.0

@@ -121,8 +121,9 @@ def test_slurm_pipeline_identical_to_local(slurm, tmp_path):
         local = run_trial(trial / "dicom", tmp_path / "local", client, secret=secret,
                           enrolment=enrol)
     assert on_slurm.visits == local.visits
-    assert on_slurm.computed == local.computed == {"convert": 3, "qc": 3, "register": 3,
-                                                   "detect": 3, "evidence": 3}
+    assert on_slurm.computed == local.computed == {"convert": 3, "qc": 3, "n4": 3, "masks": 2,
+                                                   "register": 3, "detect": 3,
+                                                   "evidence": 3}
     assert _tree_digest(tmp_path / "slurm" / "work") == _tree_digest(tmp_path / "local" / "work")
     for v in (tmp_path / "local" / "visits").rglob("visit_summary.json"):
         other = tmp_path / "slurm" / v.relative_to(tmp_path / "local")

@@ -165,18 +165,30 @@ class RegisteredPair:
 
 
 def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, seed: int,
-                  brain: NDArray[np.bool_] | None = None) -> RegisteredPair:
+                  brain: NDArray[np.bool_] | None = None,
+                  baseline_n4: sitk.Image | None = None,
+                  followup_n4: sitk.Image | None = None,
+                  masks: tuple[NDArray[np.bool_], NDArray[np.bool_], str] | None = None,
+                  ) -> RegisteredPair:
     """Step 1-2 of the module docstring: N4 of both visits, baseline masks (or the
     given ``brain`` mask, ``[i, j, k]`` on the baseline grid), rigid registration
-    of the follow-up to the baseline with ``threads`` ITK threads and ``seed``."""
+    of the follow-up to the baseline with ``threads`` ITK threads and ``seed``.
+
+    ``baseline_n4`` / ``followup_n4`` (``n4_correct(image)[0]``) and
+    ``masks`` (``brain_mask(baseline_n4)``: brain, intracranial, method) may be
+    given when already computed (the pipeline caches them per series, since a
+    visit is the baseline or follow-up of several comparisons); the result is
+    the same as computing them here."""
     t0 = time.perf_counter()
     base = sitk.Cast(baseline, sitk.sitkFloat32)
     fu = sitk.Cast(followup, sitk.sitkFloat32)
     sp = tuple(float(s) for s in base.GetSpacing())
-    base_n4, _ = n4_correct(base)
-    fu_n4, _ = n4_correct(fu)
+    base_n4 = n4_correct(base)[0] if baseline_n4 is None else baseline_n4
+    fu_n4 = n4_correct(fu)[0] if followup_n4 is None else followup_n4
     mask_method = "given"
-    if brain is None:
+    if masks is not None:
+        brain, icv, mask_method = masks
+    elif brain is None:
         brain, icv, mask_method = brain_mask(base_n4)
     else:
         icv = dilate_mm(brain, 3.0, sp)
