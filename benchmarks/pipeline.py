@@ -11,7 +11,10 @@ evidence -> visit summaries) on a synthetic trial, three ways:
 Each configuration runs in its own subprocess on a fresh output folder (no
 cache hits). Wall time; CPU utilisation = CPU seconds of the run and all its
 worker processes / (wall x cores); peak RSS per process (the driver for a/b, each
-worker for c); per-stage CPU seconds summed from the manifests' durations.
+worker for c); per-stage CPU seconds summed from the manifests' ``cpu_s`` (CPU
+time of the worker process while the stage ran); 'outside stages' = CPU of the
+run not spent in a stage (imports and start of the processes, Dask scheduler,
+nannies and worker loops, the driver).
 
 With ``--slurm-series 02_FLAIR`` it also starts a real single-node SLURM
 (``scripts/slurm_single_node.sh``, root) and runs that subset with one and
@@ -62,7 +65,6 @@ def run_one(config: str, trial: Path, out: Path) -> dict:
     """Run one configuration in THIS process (called in a subprocess)."""
     from distributed import Client
 
-    from mri_safety.change.params import load_params
     from pipelines.cluster import local_cluster
     from pipelines.trial import run_trial
 
@@ -82,17 +84,15 @@ def run_one(config: str, trial: Path, out: Path) -> dict:
             threads = 1
         else:
             threads = cores
-        det = load_params(registration_threads=threads)
         with Client(processes=False, n_workers=1, threads_per_worker=1,
                     dashboard_address=None) as client:
-            summary = run_trial(trial / "dicom", out, client, detection=det,
-                                threads_per_task=threads, **kw)
+            summary = run_trial(trial / "dicom", out, client, threads_per_task=threads, **kw)
         workers = 1
     wall = time.perf_counter() - t0
     stage_s: dict[str, float] = {}
     for m in (out / "work").glob("*/*/manifest.json"):
         doc = json.loads(m.read_text())
-        stage_s[doc["stage"]] = stage_s.get(doc["stage"], 0.0) + doc["duration_s"]
+        stage_s[doc["stage"]] = stage_s.get(doc["stage"], 0.0) + doc.get("cpu_s", 0.0)
     return {"wall": wall, "computed": summary.computed, "failures": summary.failures,
             "visits": len(summary.visits),
             "followups": sum(1 for v in summary.visits if not v.endswith("baseline")),
@@ -208,8 +208,8 @@ def main() -> None:
     rows = ["| configuration | wall s | CPU s | CPU utilisation | peak RSS per worker MiB "
             "| wall per follow-up visit s | 2-core s per follow-up visit "
             "| stage CPU s (n4+masks / register / detect / evidence / volume / morphometry "
-            "/ convert+qc) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "/ convert+qc) | CPU s outside stages |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for config, r in results.items():
         st = r["stage_s"]
         per = r["wall"] / max(1, r["followups"])
@@ -219,7 +219,8 @@ def main() -> None:
             f"| {per * cores:.1f} | {st.get('n4', 0) + st.get('masks', 0):.0f} / "
             f"{st.get('register', 0):.0f} / {st.get('detect', 0):.0f} / "
             f"{st.get('evidence', 0):.0f} / {st.get('volume', 0):.0f} / "
-            f"{st.get('morphometry', 0):.0f} / {st.get('convert', 0) + st.get('qc', 0):.0f} |")
+            f"{st.get('morphometry', 0):.0f} / {st.get('convert', 0) + st.get('qc', 0):.0f} "
+            f"| {r['cpu_s'] - sum(st.values()):.0f} |")
     lines = ["\n".join(rows), ""]
     a, b, c = (results.get(k) for k in CONFIGS)
     if a and b and c:

@@ -238,6 +238,10 @@ def compare(
         None, "--extra-contrast",
         help="Extra pair as BASELINE:FOLLOWUP:CONTRAST (repeatable)",
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="ITK and registration threads (default: registration_threads of "
+             "configs/detection.yaml); `mri-safety run` uses cores / workers"),
 ) -> None:
     """Candidate new abnormalities of FOLLOWUP vs BASELINE.
 
@@ -256,7 +260,7 @@ def compare(
         pairs.append((Path(parts[0]), Path(parts[1]), parts[2]))
     try:
         doc = compare_main(baseline, followup, out, region=region, contrast=contrast,
-                           extra=pairs)
+                           extra=pairs, threads=threads)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc

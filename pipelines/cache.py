@@ -48,7 +48,7 @@ TRACKED_PACKAGES = (
 )
 
 #: Manifest fields that legitimately differ between two runs of the same work.
-VOLATILE_FIELDS = ("host", "started", "finished", "duration_s", "python")
+VOLATILE_FIELDS = ("host", "started", "finished", "duration_s", "cpu_s", "python")
 
 _CHUNK = 1 << 20
 
@@ -233,10 +233,12 @@ class StageStore:
         tmp = final.parent / f".tmp-{digest}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         started = time.time()
+        cpu0 = time.process_time()  # CPU of the whole worker process (all its threads)
         try:
             summary = fn({k: Path(v) for k, v in inputs.items()}, tmp, **params,
                          **dict(context or {}))
             finished = time.time()
+            cpu_s = time.process_time() - cpu0
             manifest = {
                 "stage": stage,
                 "digest": digest,
@@ -254,6 +256,7 @@ class StageStore:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(finished)),
                 "duration_s": round(finished - started, 3),
+                "cpu_s": round(cpu_s, 3),
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
             try:

@@ -532,9 +532,10 @@ def run_trial(
     ``progress(stage, done, total)`` is called as tasks finish. ``detection``:
     detection parameters (default ``configs/detection.yaml``); its registration
     fields key the register stage, the others only detect (and what follows).
-    ``threads_per_task``: ITK global thread count inside the register and
-    detect stages (a cache-key parameter: results differ slightly with it);
-    match it to the cluster's threads per worker (``cores / workers``).
+    ``threads_per_task``: ITK global thread count inside the stages and the
+    registration threads (overriding ``registration_threads`` of ``detection``;
+    a cache-key parameter: results differ slightly with it); match it to the
+    cluster's threads per worker (``cores / workers``).
     """
     from distributed import as_completed, wait
 
@@ -616,7 +617,9 @@ def run_trial(
     # registration is done
     reg_params, det_params = split_detection(
         detection if detection is not None else load_params())
-    reg_params["itk_threads"] = threads_per_task
+    # workers x threads = cores: registration gets the task's threads too (the
+    # configured registration_threads on every worker oversubscribed the cores)
+    reg_params["itk_threads"] = reg_params["registration_threads"] = threads_per_task
     pairs = pairs_for(usable, plans,
                       series_bvalues(usable, {n: r.path for n, r in by_name.items()}))
     for pair in pairs:  # ADC (dwi) / pre-contrast T1w (t1ce) of the two visits

@@ -355,3 +355,23 @@ def test_contrast_names_pd_known_unknown_refused() -> None:
     assert FINDINGS["pd"][1] == ("new_t2_hyperintensity", True)
     with pytest.raises(ValueError, match="unknown contrast 'xyz'"):
         _check_contrast("xyz")
+
+
+def test_compare_command_threads_option(tmp_path: Path) -> None:
+    """`mri-safety compare --threads 1` runs registration and ITK with one thread
+    (what the pipeline does with one thread per task) and records it."""
+    import subprocess
+    import sys
+
+    bp, fp, _ = _pair(tmp_path, [((24, 30, 32), 3.0)])
+    proc = subprocess.run([sys.executable, "-m", "mri_safety.cli", "compare", str(bp), str(fp),
+                           "--out", str(tmp_path / "o"), "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "o" / "candidates.json").read_text())
+    assert doc["parameters"]["registration_threads"] == 1
+    assert [c["flagged"] for c in doc["candidates"]].count(True) == 1
+    bad = subprocess.run([sys.executable, "-m", "mri_safety.cli", "compare", str(bp), str(fp),
+                          "--out", str(tmp_path / "x"), "--threads", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "threads" in (bad.stderr + bad.stdout).lower()

@@ -230,23 +230,16 @@ def test_review_threshold_change_reruns_only_detection(trial, first, tmp_path):
 def test_detect_stage_equals_compare_command(first, tmp_path):
     """The register + detect stages write what ``mri-safety compare`` writes
     (docs/detection.md "Outputs") for the same pair, byte for byte."""
-    import SimpleITK as sitk
 
     from mri_safety.change.compare import compare_main
 
     out, _ = first
     doc = json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
     comp = next(c for c in doc["comparisons"] if c["region"] == "spine")
-    # the pipeline ran with one ITK thread per task (threads_per_task=1); ITK's
+    # the pipeline ran with one thread per task (threads_per_task=1); ITK's
     # registration metric differs slightly with the thread count
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        compare_main(out / "bids" / comp["baseline_name"],
-                     out / "bids" / comp["followup_name"], tmp_path / "cmp",
-                     region=comp["region"], contrast=comp["contrast"])
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+    compare_main(out / "bids" / comp["baseline_name"], out / "bids" / comp["followup_name"],
+                 tmp_path / "cmp", region=comp["region"], contrast=comp["contrast"], threads=1)
     stage_dir = (out / comp["manifest"]).parent
     for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz",
                  "followup_in_baseline.nii.gz"):

@@ -29,7 +29,6 @@ def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
 
 @pytest.mark.slow
 def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -> None:
-    import SimpleITK as sitk
     from distributed import Client
 
     from mri_safety.change.compare import compare_main
@@ -52,21 +51,17 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
         assert ex["contrast"] == other and 0.0 <= ex["pooled_rho"] < 1.0
         assert doc["inputs"]["extra"][0]["contrast"] == other
     # the FLAIR M2-vs-baseline stage gives what compare gives with the T2w pair as
-    # extra contrast (one ITK thread, as the pipeline's tasks)
+    # extra contrast (one thread, as the pipeline's tasks)
     comp = next(c for c in comps if c["contrast"] == "flair" and c["visit"] == "M2"
                 and c["kind"] == "baseline")
     t2 = next(c for c in comps if c["contrast"] == "t2w" and c["visit"] == "M2"
               and c["kind"] == "baseline")
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        doc = compare_main(out / "bids" / comp["baseline_name"],
-                           out / "bids" / comp["followup_name"], tmp_path / "cmp",
-                           region="brain", contrast="flair",
-                           extra=[(out / "bids" / t2["baseline_name"],
-                                   out / "bids" / t2["followup_name"], "t2w")])
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+    doc = compare_main(out / "bids" / comp["baseline_name"],
+                       out / "bids" / comp["followup_name"], tmp_path / "cmp",
+                       region="brain", contrast="flair",
+                       extra=[(out / "bids" / t2["baseline_name"],
+                               out / "bids" / t2["followup_name"], "t2w")], threads=1)
+    assert doc["parameters"]["registration_threads"] == 1
     stage_dir = (out / comp["manifest"]).parent
     staged = json.loads((stage_dir / "candidates.json").read_text())
     assert staged["candidates"] == doc["candidates"]

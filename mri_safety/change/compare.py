@@ -35,6 +35,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,7 @@ from mri_safety.change.zmap import (
 from mri_safety.preprocess.bias import n4_correct
 from mri_safety.register.rigid import RigidParams, register
 from mri_safety.register.transforms import sitk_affine_ras
+from mri_safety.threads import itk_threads
 
 log = logging.getLogger(__name__)
 
@@ -604,8 +606,8 @@ def _digest(p: Path) -> str:
 
 
 def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain",
-                 contrast: str = "flair", extra: list[tuple[Path, Path, str]] | None = None
-                 ) -> dict[str, Any]:
+                 contrast: str = "flair", extra: list[tuple[Path, Path, str]] | None = None,
+                 threads: int | None = None) -> dict[str, Any]:
     """``mri-safety compare``: detect candidates and write ``out``/candidates.json + NIfTI maps.
 
     Outputs (all maps in the BASELINE image's voxel space, RAS+ affine of the
@@ -614,6 +616,10 @@ def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain
     ``zmap.nii.gz`` (float32 signed z), ``followup_in_baseline.nii.gz``.
     Bad input raises ``ValueError`` naming the file; a bad extra contrast pair
     is skipped with a warning and recorded in ``parameters.extra_contrasts``.
+    ``threads``: ITK's global thread count and the registration threads
+    (results differ in the last digits with it; default: ITK's default and
+    ``registration_threads`` of configs/detection.yaml). The pipeline runs each
+    comparison with its ``threads_per_task`` and equals this with the same value.
     Returns the JSON document.
     """
     if region not in ("brain", "spine"):
@@ -632,7 +638,10 @@ def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain
             ex_inputs.append({"baseline": Path(eb).name, "followup": Path(ef).name,
                               "contrast": name, "error": str(e)})
     ex, within = within_visit_from_extra(contrast, ex)  # dwi + adc, t1ce + t1w (pre)
-    res = detect_pair(b, f, contrast=contrast, region=region, extra=ex, within=within)
+    p = load_params() if threads is None else load_params(registration_threads=threads)
+    with nullcontext() if threads is None else itk_threads(threads):
+        res = detect_pair(b, f, contrast=contrast, region=region, params=p, extra=ex,
+                          within=within)
     inputs = {"baseline": Path(baseline).name, "baseline_sha256": _digest(Path(baseline)),
               "followup": Path(followup).name, "followup_sha256": _digest(Path(followup)),
               "extra": ex_inputs}
