@@ -20,9 +20,11 @@ With ``--slurm-series 02_FLAIR`` it also starts a real single-node SLURM
 (``scripts/slurm_single_node.sh``, root) and runs that subset with one and
 then two one-core worker jobs (throughput scaling).
 
-Usage: ``python benchmarks/pipeline.py [--patients 1] [--series 01_T1w,02_FLAIR,...]
-[--slurm-series 02_FLAIR] [--no-write]``. Writes the ``Pipeline`` section of
-``benchmarks/results.md``.
+Usage: ``python benchmarks/pipeline.py [--patients 1] [--repeat 3]
+[--series 01_T1w,02_FLAIR,...] [--slurm-series 02_FLAIR] [--no-write]``; with
+``--repeat N`` the configurations run interleaved N times and the median run of
+each is reported (the machine's speed drifts with other jobs on the host).
+Writes the ``Pipeline`` section of ``benchmarks/results.md``.
 """
 
 from __future__ import annotations
@@ -175,6 +177,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=1)
     ap.add_argument("--series", default=",".join(DEFAULT_SERIES))
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of all configurations, interleaved; medians are reported")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--slurm-series", default="",
                     help="also measure SLURM 1 vs 2 workers on these series (needs root)")
@@ -191,12 +195,18 @@ def main() -> None:
         t0 = time.perf_counter()
         trial = make_trial(Path(tmp), args.patients, series)
         t_synth = time.perf_counter() - t0
-        results = {}
-        for config in args.configs.split(","):
-            results[config] = measure(config, trial, Path(tmp) / config / "out")
-            r = results[config]
-            print(f"{config}: wall {r['wall']:.1f} s, CPU {r['cpu_s']:.1f} s, "
-                  f"util {100 * r['util']:.0f} %, computed {r['computed']}", flush=True)
+        # configurations interleaved, ``--repeat`` rounds: the machine's speed
+        # drifts (other jobs on the host), so each ratio compares medians of runs
+        # made in the same stretch of time
+        runs: dict[str, list[dict]] = {c: [] for c in args.configs.split(",")}
+        for rep in range(args.repeat):
+            for config in runs:
+                r = measure(config, trial, Path(tmp) / f"{config}-{rep}" / "out")
+                runs[config].append(r)
+                print(f"{config} (round {rep + 1}): wall {r['wall']:.1f} s, CPU "
+                      f"{r['cpu_s']:.1f} s, util {100 * r['util']:.0f} %, computed "
+                      f"{r['computed']}", flush=True)
+        results = {c: sorted(rs, key=lambda r: r["wall"])[len(rs) // 2] for c, rs in runs.items()}
         slurm = ""
         if args.slurm_series:
             sub = make_trial(Path(tmp), args.patients, tuple(args.slurm_series.split(",")),
@@ -222,23 +232,40 @@ def main() -> None:
             f"{st.get('morphometry', 0):.0f} / {st.get('convert', 0) + st.get('qc', 0):.0f} "
             f"| {r['cpu_s'] - sum(st.values()):.0f} |")
     lines = ["\n".join(rows), ""]
+    if args.repeat > 1:
+        walls = "; ".join(c + " " + ", ".join(f"{r['wall']:.1f}" for r in rs) + " s"
+                          for c, rs in runs.items())
+        lines.append(f"Median of {args.repeat} interleaved rounds (the row shown is the "
+                     f"median run); walls of every round: {walls}.\n")
     a, b, c = (results.get(k) for k in CONFIGS)
     if a and b and c:
-        sb, sa = b["wall"] / c["wall"], a["wall"] / c["wall"]
+        # speed-ups paired within each round (same stretch of machine time), median
+        # over rounds: the machine drifts between rounds, a ratio of medians would mix them
+        def paired(ref: str) -> list[float]:
+            return [x["wall"] / y["wall"] for x, y in zip(runs[ref], runs["c_localcluster"],
+                                                         strict=True)]
+
+        pb, pa = paired("b_serial_1thread"), paired("a_serial_itk_all")
+        sb, sa = sorted(pb)[len(pb) // 2], sorted(pa)[len(pa) // 2]
+        if len(pb) > 1:
+            lines.append("Speed-ups per round: (c) over (b) "
+                         + ", ".join(f"{v:.2f}" for v in pb) + "; over (a) "
+                         + ", ".join(f"{v:.2f}" for v in pa) + " (median below).\n")
         per_visit = c["wall"] * cores / max(1, c["followups"])
         rss = max(max(r["worker_rss_mib"]) for r in results.values())
         lines.append(
             f"Speed-up of (c) over (b): **{sb:.2f}x** (bar >= 1.8x: "
             f"{'met' if sb >= 1.8 else 'NOT met'}); over (a): **{sa:.2f}x** (bar >= 1.1x: "
             f"{'met' if sa >= 1.1 else 'NOT met'}). A follow-up visit costs "
-            f"{per_visit:.0f} s of {cores}-core time with (c) (bar <= 60 s: "
+            f"{per_visit:.1f} s of {cores}-core time with (c) (bar <= 60 s: "
             f"{'met' if per_visit <= 60 else 'NOT met'}; CPU seconds per follow-up visit, "
             f"less sensitive to other jobs on the machine: "
             f"{c['cpu_s'] / max(1, c['followups']):.0f} s). Peak RSS per worker "
             f"{rss:.0f} MiB (bar <= 2048: {'met' if rss <= 2048 else 'NOT met'}).")
     first = next(iter(results.values()))
     lines.append(
-        f"\nTrial: `python benchmarks/pipeline.py --patients {args.patients}`: "
+        f"\nTrial: `python benchmarks/pipeline.py --patients {args.patients} "
+        f"--repeat {args.repeat}`: "
         f"{args.patients} synthetic patient(s) x {first['visits'] // max(1, args.patients)} "
         f"visits (baseline, 24h, M2), series {', '.join(series)} (3 brain + 1 spine: the "
         f"synthetic trial has one spine series); {sum(first['computed'].values())} stage runs "
