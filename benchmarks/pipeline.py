@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,7 +247,7 @@ def main() -> None:
                                                          strict=True)]
 
         pb, pa = paired("b_serial_1thread"), paired("a_serial_itk_all")
-        sb, sa = sorted(pb)[len(pb) // 2], sorted(pa)[len(pa) // 2]
+        sb, sa = statistics.median(pb), statistics.median(pa)
         if len(pb) > 1:
             lines.append("Speed-ups per round: (c) over (b) "
                          + ", ".join(f"{v:.2f}" for v in pb) + "; over (a) "
