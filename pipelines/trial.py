@@ -131,18 +131,29 @@ def _location_text(loc: Any) -> str:
 
 
 def evidence_stage(
-    inputs: dict[str, Path], out: Path, candidates: list[dict[str, Any]]
+    inputs: dict[str, Path], out: Path, candidates: list[dict[str, Any]],
+    compared: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Montage PNG per flagged candidate and a registration check picture."""
+    """Montage PNG per flagged candidate and a registration check picture.
+    ``compared``: (reference, follow-up) file names, for the row labels (the
+    reference is the baseline or the previous visit)."""
     import nibabel as nib
 
-    from mri_safety.evidence.montage import MontageCandidate, render_montage
+    from mri_safety.evidence.montage import (
+        ROWS,
+        MontageCandidate,
+        comparison_labels,
+        render_montage,
+    )
     from mri_safety.evidence.regcheck import render_regcheck
 
     base: Any = nib.load(inputs["baseline"])
     fu: Any = nib.load(inputs["followup_in_baseline"])
     z: Any = nib.load(inputs["zmap"])
     render_regcheck(base, fu, out / "regcheck.png")
+    rows, diff_label = ROWS, "z (follow-up - baseline)"
+    if compared is not None:
+        rows, diff_label = comparison_labels(*compared)
     pictures = []
     for c in candidates:
         cand = MontageCandidate(
@@ -151,8 +162,8 @@ def evidence_stage(
             volume_mm3=float(c["volume_mm3"]), location=_location_text(c.get("location")),
             score=float(c["score"]))
         name = f"candidate-{c['id']}.png"
-        render_montage(base, fu, z, cand, out / name, diff_limit=5.0,
-                       diff_label="z (follow-up - baseline)")
+        render_montage(base, fu, z, cand, out / name, diff_limit=5.0, diff_label=diff_label,
+                       row_labels=rows)
         pictures.append(name)
     return {"montages": pictures}
 
@@ -346,7 +357,9 @@ def _run_evidence(root: str, compare: StageResult, baseline: Path) -> StageResul
         {"baseline": baseline,
          "followup_in_baseline": compare.path / "followup_in_baseline.nii.gz",
          "zmap": compare.path / "zmap.nii.gz"},
-        {"candidates": flagged}, code_deps=CODE_DEPS["evidence"])
+        {"candidates": flagged,
+         "compared": [doc["inputs"]["baseline"], doc["inputs"]["followup"]]},
+        code_deps=CODE_DEPS["evidence"])
 
 
 # --------------------------------------------------------------------------

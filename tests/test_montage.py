@@ -139,3 +139,22 @@ def test_regcheck_edges_follow_misregistration(hfs: nib.Nifti1Image, tmp_path: P
         d_ok = float(np.mean(dist[ok.moving_edges[plane]]))
         d_bad = float(np.mean(dist[bad.moving_edges[plane]]))
         assert d_ok < 0.5 < d_bad, (plane, d_ok, d_bad)
+
+
+def test_previous_visit_comparison_is_not_labelled_baseline(hfs: nib.Nifti1Image) -> None:
+    """A follow-up compared with the previous visit: the rows name the two
+    sessions, never "baseline" (a radiologist reads the reference row as it)."""
+    import doctest
+
+    from mri_safety.evidence import montage
+
+    assert doctest.testmod(montage).failed == 0
+    rows, diff = montage.comparison_labels("sub-A1_ses-24h_FLAIR.nii.gz",
+                                           "sub-A1_ses-M2_FLAIR.nii.gz")
+    assert rows == ("reference ses-24h", "follow-up ses-M2", "z")
+    assert diff == "z (ses-M2 - ses-24h)" and "baseline" not in " ".join(rows) + diff
+    cand = MontageCandidate("cand-2", "t", TARGET, 1.0)
+    res = render_montage(hfs, hfs, hfs, cand, row_labels=rows)
+    assert res.row_labels == rows
+    with pytest.raises(ValueError, match="row_labels"):
+        render_montage(hfs, hfs, hfs, cand, row_labels=rows[:2])  # type: ignore[arg-type]

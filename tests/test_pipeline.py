@@ -88,6 +88,11 @@ def test_visits_and_candidates(first):
                          else ["baseline", "baseline", "previous", "previous"])
         for comp in doc["comparisons"]:
             assert (out / comp["evidence"] / "regcheck.png").is_file()
+            # montage rows name the compared sessions (the reference is the previous
+            # visit for kind "previous", never labelled "baseline" then)
+            ev = json.loads((out / comp["evidence"] / "manifest.json").read_text())
+            ref = ev["parameters"]["compared"][0]
+            assert ("ses-baseline" in ref) == (comp["kind"] == "baseline"), (comp["kind"], ref)
             flagged = [c for c in comp["candidates"] if c["flagged"]]
             for c in flagged:
                 assert (out / comp["evidence"] / f"candidate-{c['id']}.png").is_file()

@@ -1,6 +1,7 @@
 """Evidence montage for one flagged candidate (PNG, matplotlib Agg).
 
-Rows: baseline | follow-up (in baseline space) | signed difference (or z map),
+Rows: reference (the baseline or the previous visit) | follow-up (in the
+reference's space) | signed difference (or z map),
 columns: axial | coronal | sagittal through the candidate centroid (world
 RAS+ mm). Difference colour map ``RdBu_r``: increase warm (red), decrease cool
 (blue), symmetric limits, colour bar. Every panel has orientation letters
@@ -11,6 +12,7 @@ type, volume, location and score.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,24 @@ from mri_safety.evidence.display import (  # noqa: E402
 )
 
 ROWS = ("baseline", "follow-up", "difference")
+
+
+def _session(name: str) -> str:
+    """``ses-<label>`` of a BIDS file name, else the name itself."""
+    m = re.search(r"ses-[A-Za-z0-9]+", name)
+    return m.group(0) if m else name
+
+
+def comparison_labels(reference: str, followup: str) -> tuple[tuple[str, str, str], str]:
+    """Row labels and difference label of a montage comparing the files
+    ``followup`` with ``reference`` (BIDS names): a follow-up compared with the
+    PREVIOUS visit must not be labelled "baseline".
+
+    >>> comparison_labels("sub-01_ses-24h_FLAIR.nii.gz", "sub-01_ses-M2_FLAIR.nii.gz")
+    (('reference ses-24h', 'follow-up ses-M2', 'z'), 'z (ses-M2 - ses-24h)')
+    """
+    r, f = _session(reference), _session(followup)
+    return (f"reference {r}", f"follow-up {f}", "z"), f"z ({f} - {r})"
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,7 @@ class MontageResult:
     path: Path | None
     panels: list[Panel] = field(default_factory=list)
     convention: str = CONVENTION
+    row_labels: tuple[str, ...] = ROWS
 
     def panel(self, row: str, plane: str) -> Panel:
         for p in self.panels:
@@ -123,6 +144,7 @@ def render_montage(
     fov_mm: float | None = 100.0,
     diff_limit: float | None = None,
     diff_label: str = "follow-up - baseline",
+    row_labels: tuple[str, str, str] = ROWS,
     dpi: int = 110,
 ) -> MontageResult:
     """Draw the 3 x 3 evidence montage of one candidate.
@@ -132,9 +154,13 @@ def render_montage(
     world RAS+ mm). ``fov_mm``: crop each panel to this square around the
     centroid (``None`` = whole slice). ``diff_limit``: colour limit +-L
     (default: 99.5th percentile of |difference| over non-zero voxels).
+    ``row_labels``: the three row titles (see :func:`comparison_labels`).
     Writes ``out_png`` when given and returns the display slices and letters
     of every panel.
     """
+    if len(row_labels) != 3:
+        raise ValueError(f"candidate {candidate.id}: row_labels needs 3 labels, got "
+                         f"{len(row_labels)}")
     shapes = {tuple(im.shape[:3]) for im in (baseline, followup, difference)}
     if len(shapes) != 1 or not (np.allclose(baseline.affine, followup.affine, atol=1e-3)
                                 and np.allclose(baseline.affine, difference.affine, atol=1e-3)):
@@ -151,7 +177,8 @@ def render_montage(
     wins = [window(arrays[0]), window(arrays[1])]
 
     fig, axes = plt.subplots(3, 3, figsize=(9.0, 9.6), facecolor="black")
-    result = MontageResult(Path(out_png) if out_png is not None else None)
+    result = MontageResult(Path(out_png) if out_png is not None else None,
+                           row_labels=tuple(row_labels))
     diff_im = None
     for r, (row, arr) in enumerate(zip(ROWS, arrays, strict=True)):
         for c, plane in enumerate(PLANES):
@@ -166,7 +193,7 @@ def render_montage(
             if r == 0:
                 ax.set_title(plane, color="white", fontsize=10)
             if c == 0:
-                ax.set_ylabel(row, color="white", fontsize=10)
+                ax.set_ylabel(row_labels[r], color="white", fontsize=10)
             result.panels.append(Panel(row, plane, s))
     if diff_im is not None:
         cb = fig.colorbar(diff_im, ax=list(axes[2, :]), fraction=0.025, pad=0.01)  # type: ignore[arg-type]
