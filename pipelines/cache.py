@@ -9,7 +9,8 @@ Every stage run is keyed by a digest of
 * its **code version**: the package version plus a hash of the source file of
   the stage function's module and of the library modules it declares it calls
   (``code_deps``), so an edited stage or library function re-runs even without
-  a version bump.
+  a version bump, and the versions of the third-party packages that compute
+  results (:data:`RESULT_PACKAGES`: an upgraded SimpleITK or ANTs re-runs).
 
 Outputs land in ``<root>/<stage>/<digest>/``. A stage writes into a private
 temporary folder beside it and the folder is renamed into place only after
@@ -46,6 +47,11 @@ TRACKED_PACKAGES = (
     "mri-safety", "numpy", "scipy", "nibabel", "pydicom", "SimpleITK", "antspyx",
     "nilearn", "dask", "distributed", "highdicom",
 )
+
+#: Packages whose version can change a stage's numbers; part of every code
+#: version (the scheduling packages dask/distributed are recorded, not keyed).
+RESULT_PACKAGES = ("numpy", "scipy", "nibabel", "pydicom", "SimpleITK", "antspyx",
+                   "nilearn", "highdicom")
 
 #: Manifest fields that legitimately differ between two runs of the same work.
 VOLATILE_FIELDS = ("host", "started", "finished", "duration_s", "cpu_s", "python")
@@ -112,10 +118,25 @@ def _module_files(name: str) -> list[Path]:
     return [origin]
 
 
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+@functools.cache
+def _result_versions() -> str:
+    """Versions of :data:`RESULT_PACKAGES` in this process (read once: a worker
+    runs the packages it imported)."""
+    return canonical_json({n: _version(n) for n in RESULT_PACKAGES})
+
+
 def code_version(fn: Callable[..., Any], deps: tuple[str, ...] = ()) -> str:
-    """Package version + hash of the source file defining ``fn`` and of the
-    library modules/packages ``deps`` (dotted names) the stage calls, so an
-    edited stage or library function re-runs even without a version bump."""
+    """Package version + hash of the source file defining ``fn``, of the
+    library modules/packages ``deps`` (dotted names) the stage calls and of the
+    versions of :data:`RESULT_PACKAGES`, so an edited stage or library function
+    or an upgraded numerical package re-runs even without a version bump."""
     try:
         src = inspect.getsourcefile(fn)
     except TypeError:
@@ -126,23 +147,17 @@ def code_version(fn: Callable[..., Any], deps: tuple[str, ...] = ()) -> str:
         files.extend(_module_files(name))
     if not files:
         return f"{__version__}+nosource"
-    if not deps:
-        return f"{__version__}+{file_digest(files[0])[:16]}"
     h = hashlib.sha256()
-    for f in files:
+    if not deps:
+        h.update(file_digest(files[0]).encode())
+    for f in files if deps else []:
         h.update(_source_digest(f).encode())
-    digest = h.hexdigest()[:16]
-    return f"{__version__}+{digest}"
+    h.update(_result_versions().encode())
+    return f"{__version__}+{h.hexdigest()[:16]}"
 
 
 def package_versions() -> dict[str, str]:
-    out = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    return {name: _version(name) for name in TRACKED_PACKAGES}
 
 
 def stage_digest(

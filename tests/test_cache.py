@@ -137,3 +137,27 @@ def test_edited_library_dependency_reruns(tmp_path, store, monkeypatch):
     assert a.computed and not b.computed and c.computed
     assert a.digest == b.digest != c.digest
     assert a.manifest["code_version"] != c.manifest["code_version"]
+
+
+def test_upgraded_numerical_package_reruns_the_stage(tmp_path: Path, monkeypatch) -> None:
+    """The code version includes the versions of the packages that compute the
+    numbers (SimpleITK, ANTs, numpy, ...): after an upgrade a stage re-runs
+    instead of reusing outputs made by the old version."""
+    from pipelines import cache
+
+    store = StageStore(tmp_path / "work")
+    x = tmp_path / "x.txt"
+    x.write_text("4")
+    a = store.run("double", double, {"x": x})
+    same = store.run("double", double, {"x": x})
+    real = cache._version
+    monkeypatch.setattr(cache, "_version",
+                        lambda n: "99.0" if n == "SimpleITK" else real(n))
+    cache._result_versions.cache_clear()  # what a fresh worker after the upgrade sees
+    try:
+        b = store.run("double", double, {"x": x})
+    finally:
+        monkeypatch.undo()
+        cache._result_versions.cache_clear()
+    assert a.computed and not same.computed and b.computed and b.digest != a.digest
+    assert b.manifest["outputs"] == a.manifest["outputs"]
