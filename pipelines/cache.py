@@ -148,10 +148,11 @@ def code_version(fn: Callable[..., Any], deps: tuple[str, ...] = ()) -> str:
     if not files:
         return f"{__version__}+nosource"
     h = hashlib.sha256()
-    if not deps:
-        h.update(file_digest(files[0]).encode())
-    for f in files if deps else []:
-        h.update(_source_digest(f).encode())
+    # a stage without library deps: its module read from disk each time; with
+    # deps: every file read once per process (see _source_digest)
+    digest = _source_digest if deps else file_digest
+    for f in files:
+        h.update(digest(f).encode())
     h.update(_result_versions().encode())
     return f"{__version__}+{h.hexdigest()[:16]}"
 

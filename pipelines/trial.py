@@ -132,28 +132,21 @@ def _location_text(loc: Any) -> str:
 
 def evidence_stage(
     inputs: dict[str, Path], out: Path, candidates: list[dict[str, Any]],
-    compared: tuple[str, str] | None = None,
+    compared: tuple[str, str],
 ) -> dict[str, Any]:
     """Montage PNG per flagged candidate and a registration check picture.
     ``compared``: (reference, follow-up) file names, for the row labels (the
     reference is the baseline or the previous visit)."""
     import nibabel as nib
 
-    from mri_safety.evidence.montage import (
-        ROWS,
-        MontageCandidate,
-        comparison_labels,
-        render_montage,
-    )
+    from mri_safety.evidence.montage import MontageCandidate, comparison_labels, render_montage
     from mri_safety.evidence.regcheck import render_regcheck
 
     base: Any = nib.load(inputs["baseline"])
     fu: Any = nib.load(inputs["followup_in_baseline"])
     z: Any = nib.load(inputs["zmap"])
     render_regcheck(base, fu, out / "regcheck.png")
-    rows, diff_label = ROWS, "z (follow-up - baseline)"
-    if compared is not None:
-        rows, diff_label = comparison_labels(*compared)
+    rows, diff_label = comparison_labels(*compared)
     pictures = []
     for c in candidates:
         cand = MontageCandidate(
@@ -240,8 +233,7 @@ def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
         icv=arr(image("icv_mask.nii.gz", base, sitk.sitkUInt8)) > 0,
         mask_method=doc["mask_method"],
         transform=sitk.ReadTransform(str(reg_dir / "transform.tfm")),
-        registration={**doc["registration"], "seconds": summary.get("seconds", 0.0)},
-        seconds_preprocess=0.0)  # cached per series by the n4 / masks stages
+        registration={**doc["registration"], "seconds": summary.get("seconds", 0.0)})
 
 
 def detect_stage(

@@ -158,7 +158,6 @@ class RegisteredPair:
     mask_method: str
     transform: sitk.Transform
     registration: dict[str, Any]   # method, metric, init, seconds
-    seconds_preprocess: float
 
     def followup_in_baseline(self) -> sitk.Image:
         """Raw follow-up resampled (linear, float32) on the baseline grid."""
@@ -181,7 +180,6 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
     given when already computed (the pipeline caches them per series, since a
     visit is the baseline or follow-up of several comparisons); the result is
     the same as computing them here."""
-    t0 = time.perf_counter()
     base = sitk.Cast(baseline, sitk.sitkFloat32)
     fu = sitk.Cast(followup, sitk.sitkFloat32)
     sp = tuple(float(s) for s in base.GetSpacing())
@@ -196,7 +194,6 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
         icv = dilate_mm(brain, 3.0, sp)
     if brain.sum() < 1000:
         raise ValueError("baseline brain mask has fewer than 1000 voxels")
-    t_prep = time.perf_counter() - t0
     reg_mask = img_like(dilate_mm(brain, 5.0, sp).astype(np.uint8), base)
     # ITK's gradient filter at every level and no B-spline upsampling of thick
     # axes: on the real no-change patient-positions pairs (4.8 mm sagittal) this
@@ -210,8 +207,7 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
         brain=brain, icv=icv, mask_method=mask_method, transform=reg.transform,
         registration={"method": f"rigid ({reg.backend}, Mattes MI)",
                       "metric": round(reg.metric, 5), "init": reg.init,
-                      "seconds": round(reg.seconds, 2)},
-        seconds_preprocess=round(t_prep, 2))
+                      "seconds": round(reg.seconds, 2)})
 
 
 def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None = None
@@ -300,7 +296,6 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
             "residual_misregistration_mm": round(model.delta_mm, 4),
             "quality": round(max(0.0, ncc), 4), "status": status,
             "seconds": rp.registration["seconds"]},
-        "seconds_preprocess": rp.seconds_preprocess,
     }
     return ZPair(z=z, base=b, fu=f, brain=search, parenchyma=brain & covered, tissue=tissue,
                  edge_frac=edge_frac, baseline_bright=bright, followup_bright=fu_bright,
