@@ -17,7 +17,8 @@ from conftest import need_data
 
 EXPECTED = {"T1w": ("T1w", False), "T1w_post": ("T1w", True), "T2w": ("T2w", False),
             "FLAIR": ("FLAIR", False), "T2starw": ("T2starw", False), "DWI_b0": ("DWI", False),
-            "DWI_b1000": ("DWI", False), "ADC": ("ADC", False), "spine_T2w": ("T2w", False)}
+            "DWI_b1000": ("DWI", False), "ADC": ("ADC", False), "spine_T2w": ("T2w", False),
+            "spine_T1w": ("T1w", False)}
 COMPACT = ("lesion", "infarct", "haemorrhage", "enhancing", "mass")
 
 
@@ -57,7 +58,7 @@ def test_round_trip_every_series(study: Path) -> None:
             diff = np.abs(np.asarray(got.dataobj) - np.asarray(want.dataobj, dtype=np.float32))
             assert diff.max() <= 0.5, s["dir"]
             n += 1
-    assert n == 3 * 9  # 3 visits x (8 brain + 1 spine) series
+    assert n == 3 * 10  # 3 visits x (8 brain + 2 spine) series
 
 
 def test_classification_without_descriptions(study: Path) -> None:
@@ -73,6 +74,47 @@ def test_classification_without_descriptions(study: Path) -> None:
             assert c.contrast == want, (s["dir"], c.reasons)
             assert c.post_contrast == post, s["dir"]
             assert c.region == ("cervical" if s["kind"].startswith("spine") else "brain"), s["dir"]
+    kinds = {s["kind"] for v in t["visits"] for s in v["series"]}
+    assert kinds == set(EXPECTED)  # every kind generated is classified above
+
+
+def test_spine_t1w_companion(study: Path) -> None:
+    """The spine T1w is the T2w's companion: next series number, same grid, flexion and pose;
+    the M2 syrinx (SYN002) is dark on T1w and bright on T2w inside the shared truth label."""
+    from scipy import ndimage as ndi
+
+    t = _truth(study)
+    for v in t["visits"]:
+        sp = {s["kind"]: s for s in v["series"] if s["kind"].startswith("spine")}
+        t2, t1 = sp["spine_T2w"], sp["spine_T1w"]
+        assert t1["series_number"] == t2["series_number"] + 1
+        assert t1["dir"].endswith(f"/{t2['series_number'] + 1:02d}_spine_T1w")
+        for key in ("affine", "shape", "flexion_deg", "pose_subject_to_scanner_ras"):
+            assert t1[key] == t2[key], key
+        assert t1["spec"] == {**t2["spec"], "contrast": "spine_T1w"}
+        assert t1["series_uid"] != t2["series_uid"]
+    assert [a["kind"] for a in t["spine_abnormalities"]] == ["syrinx"]
+    # healthy cord on the M2 grid: the real cord mask, flexed and posed as recorded
+    from mri_safety.synth.acquire import AcqSpec, sample
+    from mri_safety.synth.spine import flexion_warp, load_spine
+
+    sp = load_spine()
+    rec = next(s for s in t["visits"][2]["series"] if s["kind"] == "spine_T1w")
+    spec = AcqSpec(**{k: tuple(x) if isinstance(x, list) else x for k, x in rec["spec"].items()})
+    cord = sample(flexion_warp(sp.cord.astype(np.float32), sp.affine, rec["flexion_deg"]),
+                  sp.affine, np.asarray(rec["pose_subject_to_scanner_ras"]), spec,
+                  np.asarray(rec["affine"]), tuple(rec["shape"]))
+    d = study / "ground_truth" / "SYN002" / "M2"
+    pv = np.asarray(nib.load(str(d / "spine_pv_native.nii.gz")).dataobj)
+    core = pv >= 0.5  # the truth label (3 mm slices: the syrinx pv peaks ~0.83)
+    healthy = (cord > 0.9) & ~ndi.binary_dilation(pv > 0.05, iterations=2)
+    assert core.sum() >= 5 and healthy.sum() >= 50
+    ratios = {}
+    for kind in ("spine_T1w", "spine_T2w"):
+        img = np.asarray(nib.load(str(d / "volumes" / f"{kind}.nii.gz")).dataobj, np.float32)
+        ratios[kind] = float(np.median(img[core]) / np.median(img[healthy]))
+    print("syrinx / healthy cord median:", ratios)
+    assert ratios["spine_T1w"] < 0.75 and ratios["spine_T2w"] > 2.0, ratios
 
 
 def _resample(path: Path, ref: nib.Nifti1Image, tx: sitk.Transform, interp: int) -> np.ndarray:

@@ -5,6 +5,11 @@ a cord lesion takes its shape statistics and contrast from
 ``spine/t2/t2_fake_lesion*`` (a separate image: only the lesion/cord intensity
 ratio and size are used). Neck flexion is a smooth non-rigid backward warp:
 rotation about the left-right axis whose angle ramps smoothly along S-I.
+
+The companion sagittal T1w (:func:`load_spine_t1`) is the real ``spine/t1``
+image of the same subject and session, registered rigidly to the T2 crop and
+resampled onto the T2 crop's voxel grid, so the T2 cord mask, levels, lesion
+and syrinx fraction maps (and therefore the spine ground truth) describe it too.
 """
 
 from __future__ import annotations
@@ -14,11 +19,20 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from mri_safety.synth.anatomy import DATA_ROOT
+from mri_safety.synth.sitkutil import array_to_sitk
 
 SPINE_T2 = DATA_ROOT / "spine" / "t2"
+SPINE_T1 = DATA_ROOT / "spine" / "t1"
+#: T1w intensity of an intramedullary cord lesion relative to the cord. The data
+#: have no T1w lesion (``t2_fake_lesion`` is T2 only). Demyelinating / inflammatory
+#: cord lesions that are bright on T2w are usually isointense on T1w (chronic
+#: "black holes" are a brain finding, rare in the cord), so the lesion is invisible
+#: on the T1w: only its T2w appearance and the T1w's role as a no-change control.
+T1_LESION_RATIO = 1.0
 
 
 @dataclass
@@ -57,6 +71,90 @@ def load_spine(root: Path = SPINE_T2) -> Spine:
     ring = ndi.binary_dilation(cmask, iterations=3) & ~ndi.binary_dilation(cmask, iterations=1)
     csf = float(np.percentile(img[ring], 90) / scale)
     return Spine(img / scale, cmask, lev.astype(np.int16), aff, ratio, csf)
+
+
+@dataclass
+class SpineT1:
+    """The real T1w on the :class:`Spine` voxel grid (cord median = 1) and how it got there.
+
+    ``t2_to_t1`` maps T2-crop world RAS mm to T1 world RAS mm (rigid registration);
+    ``outside`` marks T2-crop voxels whose T1 source point is outside the T1 box
+    (filled with the nearest T1 voxel); ``cord_median`` / ``ring_median`` are the
+    medians of the resampled T1 (before normalisation) inside the T2 cord mask and
+    in the ring 2-3 voxels around it.
+    """
+
+    image: np.ndarray
+    csf_value: float  # CSF / cord on T1w (syrinx value)
+    lesion_ratio: float  # cord lesion / cord on T1w
+    t2_to_t1: np.ndarray
+    outside: np.ndarray
+    cord_median: float
+    ring_median: float
+
+
+def _register_t1_to_t2(t2: np.ndarray, t2_aff: np.ndarray, cord: np.ndarray, t1: np.ndarray,
+                       t1_aff: np.ndarray) -> np.ndarray:
+    """Rigid T2-crop -> T1 world mapping (4x4 RAS) by Mattes MI around the cord.
+
+    Seeded sampling, one thread: the same result every run. On errsm_30 it
+    finds a ~1.4 mm left-right shift and <= 0.6 deg of rotation (the manual cord
+    segmentations of both images agree: centroids 1.2-1.4 mm apart in x).
+    """
+    fixed = sitk.Cast(array_to_sitk(t2, t2_aff), sitk.sitkFloat32)
+    moving = sitk.Cast(array_to_sitk(t1, t1_aff), sitk.sitkFloat32)
+    mask = sitk.Cast(array_to_sitk(ndi.binary_dilation(cord, iterations=8).astype(np.uint8),
+                                   t2_aff), sitk.sitkUInt8)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(1)
+    reg.SetMetricAsMattesMutualInformation(32)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.5, seed=12345)
+    reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-3, 200, relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    reg.SetInitialTransform(sitk.Euler3DTransform(), inPlace=False)
+    tx = reg.Execute(fixed, moving)
+    # ITK maps fixed (T2) LPS points to moving (T1) LPS points; read it as a 4x4 RAS matrix
+    flip = np.array([-1.0, -1.0, 1.0])
+    pts = np.vstack([np.zeros(3), np.eye(3)])
+    out = np.array([np.asarray(tx.TransformPoint(tuple(float(c) for c in p * flip))) * flip
+                    for p in pts])
+    m = np.eye(4)
+    m[:3, 3] = out[0]
+    m[:3, :3] = (out[1:] - out[0]).T
+    return m
+
+
+def load_spine_t1(sp: Spine, root: Path = SPINE_T1, root_t2: Path = SPINE_T2) -> SpineT1:
+    """Real T1w of the same subject on ``sp``'s grid, normalised by its cord median.
+
+    The T1 (1 mm, RAS) and T2 (1 mm, PSR) crops come from one session; the T1 is
+    rigidly registered to the T2 and resampled (linear) onto the T2 crop's grid.
+    The T1 box is narrower: T2-crop voxels right of x ~ 10 mm (about 19 % of the
+    crop, all lateral to the cord; none of the cord) take the nearest T1 voxel
+    (``mode="nearest"``), i.e. the T1's rightmost sagittal plane is repeated.
+    """
+    t1, t1_aff = _load(root / "t1w.nii.gz")
+    t2, t2_aff = _load(root_t2 / "t2.nii.gz")
+    m = _register_t1_to_t2(t2, t2_aff, sp.cord, t1, t1_aff)
+    idx = np.indices(sp.image.shape, dtype=np.float64).reshape(3, -1)
+    vox = np.linalg.inv(t1_aff) @ m @ sp.affine
+    v = vox[:3, :3] @ idx + vox[:3, 3:4]
+    outside = ((v < -0.5) | (v > np.array(t1.shape)[:, None] - 0.5)).any(0)
+    res = ndi.map_coordinates(t1, v, order=1, mode="nearest").reshape(sp.image.shape)
+    res = res.astype(np.float32)
+    cmask = sp.cord
+    ring = ndi.binary_dilation(cmask, iterations=3) & ~ndi.binary_dilation(cmask, iterations=1)
+    scale = float(np.median(res[cmask]))
+    # CSF on T1w: ring voxels that are CSF on the T2w (at or above the ring's T2 75th
+    # percentile, i.e. bright fluid, not cord partial volume or dura/bone)
+    csf = ring & (sp.image >= np.percentile(sp.image[ring], 75))
+    return SpineT1(res / scale, float(np.median(res[csf]) / scale), T1_LESION_RATIO, m,
+                   outside.reshape(sp.image.shape), scale, float(np.median(res[ring])))
 
 
 def flexion_warp(arr: np.ndarray, affine: np.ndarray, angle_deg: float,

@@ -38,7 +38,14 @@ from mri_safety.synth.anatomy import Anatomy, get_anatomy
 from mri_safety.synth.contrast import Component, render
 from mri_safety.synth.dicom_writer import PatientInfo, uid_from, write_series
 from mri_safety.synth.sitkutil import ras_matrix_to_sitk
-from mri_safety.synth.spine import Spine, cord_blob, flexion_warp, load_spine
+from mri_safety.synth.spine import (
+    Spine,
+    SpineT1,
+    cord_blob,
+    flexion_warp,
+    load_spine,
+    load_spine_t1,
+)
 
 VISIT_DAYS: dict[str, int] = {"baseline": -7, "24h": 1, "M2": 61, "M4": 122, "M6": 183,
                               "M12": 365}
@@ -65,9 +72,9 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(1.0, tuple(VISIT_DAYS), 1.0, 1.0, (4.0, 3.0), 3.0, 4.0, 0.6, 2.5),
 }
 SNR: dict[str, float] = {"T1w": 35, "T1w_post": 35, "T2w": 30, "FLAIR": 25, "T2starw": 25,
-                         "DWI_b0": 40, "spine_T2w": 25}
+                         "DWI_b0": 40, "spine_T2w": 25, "spine_T1w": 25}
 REF: dict[str, float] = {"T1w": 1.0, "T1w_post": 1.0, "T2w": 0.6, "FLAIR": 0.68, "T2starw": 0.66,
-                         "DWI_b0": 0.78, "spine_T2w": 1.0}
+                         "DWI_b0": 0.78, "spine_T2w": 1.0, "spine_T1w": 1.0}
 STORE_SCALE = 1000.0  # stored = value x 1000 (ADC in 10^-6 mm^2/s)
 
 #: New abnormalities per follow-up, cycled over patients (index = patient % len).
@@ -303,7 +310,7 @@ def _labels(pvs: dict[int, np.ndarray] | dict[int, Boxed], shape: tuple[int, ...
 
 def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
                      anat: Anatomy | None = None, spine: Spine | None = None,
-                     truth_mm: float = 0.5) -> dict[str, Any]:
+                     truth_mm: float = 0.5, spine_t1: SpineT1 | None = None) -> dict[str, Any]:
     """Generate one patient's visits (DICOM + truth); returns the truth record.
 
     ``truth_mm``: voxel size (mm) of the brain truth label / PV maps (isotropic
@@ -312,6 +319,7 @@ def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
     p = PRESETS[preset]
     anat = anat if anat is not None else get_anatomy(p.voxel_mm)
     spine = spine if spine is not None else load_spine()
+    spine_t1 = spine_t1 if spine_t1 is not None else load_spine_t1(spine)
     rng = np.random.default_rng([seed, pidx])
     pid = f"SYN{pidx + 1:03d}"
     dosing = DOSING_BASE + dt.timedelta(days=int(rng.integers(0, 120)))
@@ -425,7 +433,7 @@ def generate_patient(out_dir: Path, pidx: int, seed: int, preset: str = "small",
         # spine
         s_rec, spine_base = _spine_visit(out_dir, spine, spine_abns, v, vname, vrng, seed, pidx,
                                          patient, study_uid, date, time_s, accession, p, sn,
-                                         spine_base, vgt)
+                                         spine_base, vgt, spine_t1)
         series_rec += s_rec
         vox_ml = anat.voxel_mm**3
         truth["visits"].append({
@@ -474,10 +482,19 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
                  rng: np.random.Generator, seed: int, pidx: int, patient: PatientInfo,
                  study_uid: str, date: dt.date, time_s: str, accession: str, p: Preset, sn: int,
                  base: tuple[np.ndarray, np.ndarray, tuple[int, int, int], AcqSpec] | None,
-                 vgt: Path) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray,
-                                                               tuple[int, int, int], AcqSpec]]:
-    """One visit's sagittal cervical T2w series with cord lesion / syrinx truth."""
+                 vgt: Path, spine_t1: SpineT1 | None = None
+                 ) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray,
+                                                       tuple[int, int, int], AcqSpec]]:
+    """One visit's sagittal cervical T2w (series ``sn``) and, with ``spine_t1``, T1w
+    (series ``sn + 1``) with cord lesion / syrinx truth.
+
+    The T1w is planned like the T2w of the same visit: same flexion, same pose,
+    same grid (the AcqSpec differs only in ``contrast``), so the spine truth maps
+    (one set per visit, on that grid) describe both. Its noise, bias and gain come
+    from their own generator, so the T2w and every other series are unchanged.
+    """
     img = spine.image.copy()
+    img1 = spine_t1.image.copy() if spine_t1 is not None else None
     truth: dict[int, np.ndarray] = {}
     for i, a in enumerate(abns, start=1):
         if v < a["appears"]:
@@ -487,9 +504,15 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
                       a["seed"], central=central)
         val = spine.csf_value if central else spine.lesion_ratio
         img = (1 - f) * img + f * np.float32(val) * np.where(central, 1.0, img)
+        if img1 is not None and spine_t1 is not None:
+            # T1w: syrinx = CSF (dark), cord lesion = lesion_ratio x cord (isointense)
+            val1 = spine_t1.csf_value if central else spine_t1.lesion_ratio
+            img1 = (1 - f) * img1 + f * np.float32(val1) * np.where(central, 1.0, img1)
         truth[i] = f
     angle = float(rng.uniform(-8, 8)) if v > 0 else 0.0
     img = flexion_warp(img, spine.affine, angle)
+    if img1 is not None:
+        img1 = flexion_warp(img1, spine.affine, angle)
     truth = {i: flexion_warp(f, spine.affine, angle) for i, f in truth.items()}
     ctr = spine.affine[:3, :3] @ ((np.array(spine.image.shape) - 1) / 2) + spine.affine[:3, 3]
     pose = random_pose(rng, ctr, 4.0, 4.0) if v > 0 else np.eye(4)
@@ -520,6 +543,26 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
             "series_number": sn, "affine": grid.tolist(), "shape": list(shape),
             "spec": asdict(spec), "body_part": "CSPINE", "flexion_deg": angle,
             "pose_subject_to_scanner_ras": pose.tolist()}]
+    if img1 is not None:
+        spec1 = replace(spec, contrast="spine_T1w")
+        grid1, shape1 = grid_affine(spec1, (pose @ np.append(ctr, 1))[:3])
+        assert np.array_equal(grid1, grid) and shape1 == shape
+        clean1 = sample(img1, spine.affine, pose, spec1, grid, shape)
+        t1rng = np.random.default_rng([seed, pidx, v, 101])  # own noise / bias / gain
+        gain1 = float(t1rng.uniform(0.9, 1.1))
+        stored1 = _quantise(degrade(clean1, grid, t1rng, SNR["spine_T1w"], REF["spine_T1w"],
+                                    gain1, 0.08))
+        uid1 = uid_from(seed, patient.patient_id, vname, "spine_T1w")
+        sdir1 = out_dir / "dicom" / patient.patient_id / vname / f"{sn + 1:02d}_spine_T1w"
+        write_series(stored1, grid, sdir1, kind="spine_T1w", patient=patient,
+                     study_uid=study_uid, series_uid=uid1, series_number=sn + 1,
+                     study_date=date, study_time=time_s, accession=accession,
+                     body_part="CSPINE", thickness_mm=spec1.thickness_mm)
+        _save(stored1, grid, vgt / "volumes" / "spine_T1w.nii.gz")
+        rec.append({"kind": "spine_T1w", "dir": str(sdir1.relative_to(out_dir)),
+                    "series_uid": uid1, "series_number": sn + 1, "affine": grid.tolist(),
+                    "shape": list(shape), "spec": asdict(spec1), "body_part": "CSPINE",
+                    "flexion_deg": angle, "pose_subject_to_scanner_ras": pose.tolist()})
     return rec, base
 
 
@@ -533,9 +576,10 @@ def generate_trial(out_dir: Path, n_patients: int, seed: int, preset: str = "sma
     out_dir.mkdir(parents=True, exist_ok=True)
     anat = get_anatomy(PRESETS[preset].voxel_mm)
     spine = load_spine()
+    spine_t1 = load_spine_t1(spine)
     rows = []
     for i in range(n_patients):
-        t = generate_patient(out_dir, i, seed, preset, anat, spine, truth_mm)
+        t = generate_patient(out_dir, i, seed, preset, anat, spine, truth_mm, spine_t1)
         rows.append((t["dicom_patient_id"], t["dosing_date"]))
     with open(out_dir / "enrolment.csv", "w", newline="") as fh:
         w = csv.writer(fh)
