@@ -240,6 +240,7 @@ def detect_stage(
     inputs: dict[str, Path], out: Path, region: str, contrast: str,
     detection: dict[str, Any], registered: Path, itk_threads: int = 1,
     pool_contrast: str | None = None, pool_registered: Path | None = None,
+    zmemo: dict[tuple[str, str], Any] | None = None,
 ) -> dict[str, Any]:
     """z-map and candidates of one registered pair (the outputs of
     ``mri-safety compare``, docs/detection.md, byte-identical to it for the
@@ -248,8 +249,13 @@ def detect_stage(
     ``registration.json``, which is keyed by its digest). With ``pool_contrast``,
     the comparison of that contrast of the same visits (``inputs["pool_baseline"]``,
     ``inputs["pool_followup"]``, registered in ``pool_registered``) is pooled
-    into the z-map (docs/detection.md)."""
-    from mri_safety.change.compare import _digest, detect_registered, write_outputs
+    into the z-map (docs/detection.md).
+
+    ``zmemo``: z-maps of pooled brain comparisons by (register stage folder,
+    parameters), shared by the two detections of a pool run in one task
+    (:func:`_run_detect_pool`): each pair's z-map is computed once for both,
+    with the same result (not part of the stage key)."""
+    from mri_safety.change.compare import _digest, detect_registered, write_outputs, z_registered
     from mri_safety.change.params import DetectParams
 
     rp = load_registered(registered, inputs["baseline"], inputs["followup"])
@@ -263,9 +269,23 @@ def detect_stage(
         extra_doc.append({"baseline": pb.name, "baseline_sha256": _digest(pb),
                           "followup": pf.name, "followup_sha256": _digest(pf),
                           "contrast": pool_contrast})
+    memo = zmemo if zmemo is not None and pools and region == "brain" else None
+
+    def z_of(reg_dir: Path, pair: Any) -> Any:
+        if memo is None:
+            return None
+        key = (reg_dir.name, p.model_dump_json())
+        if key not in memo:
+            memo[key] = z_registered(pair, p)
+        return memo[key]
+
     with _itk(itk_threads):
+        own_z = z_of(registered, rp)
+        pool_z = [z_of(pool_registered, pools[0][0])] if memo is not None and pool_registered \
+            else None
         res = detect_registered(rp, contrast=contrast, region=region, params=p, within=within,
-                                extra_registered=pools)
+                                extra_registered=pools, own_z=own_z,
+                                extra_zpairs=pool_z)
     b, f = inputs["baseline"], inputs["followup"]
     doc_inputs: dict[str, Any] = {"baseline": b.name, "baseline_sha256": _digest(b),
                                   "followup": f.name, "followup_sha256": _digest(f),
@@ -311,15 +331,16 @@ def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[st
 def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, region: str,
                 contrast: str, detection: dict[str, Any], threads: int,
                 partners: dict[str, Path] | None = None,
-                pool: tuple[StageResult, Path, Path, str] | None = None) -> StageResult:
+                pool: tuple[StageResult, Path, Path, str] | None = None,
+                zmemo: dict[tuple[str, str], Any] | None = None) -> StageResult:
     """``partners``: within-visit partner files by role (hashed as inputs).
     ``pool``: (register result of the pooled comparison, its baseline and
-    follow-up, its contrast)."""
+    follow-up, its contrast). ``zmemo``: see :func:`detect_stage`."""
     inputs = {"baseline": baseline, "followup": followup, **(partners or {})}
     params: dict[str, Any] = {"region": region, "contrast": contrast,
                               "detection": detection, "itk_threads": threads}
     key = {"register": reg.digest}
-    context: dict[str, Any] = {"registered": reg.path}
+    context: dict[str, Any] = {"registered": reg.path, "zmemo": zmemo}
     if pool is not None:
         inputs.update({"pool_baseline": pool[1], "pool_followup": pool[2]})
         params["pool_contrast"] = pool[3]
@@ -328,6 +349,32 @@ def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, reg
     return StageStore(root).run("detect", detect_stage, inputs, params,
                                 extra_key=key, context=context,
                                 code_deps=CODE_DEPS["detect"])
+
+
+def _run_detect_pool(root: str, first: dict[str, Any], second: dict[str, Any]
+                     ) -> list[StageResult | BaseException]:
+    """The detect stages of two comparisons pooled with each other (FLAIR and
+    T2w of the same visits, :func:`pool_partners`), one after the other in one
+    task so that each pair's z-map is computed once for both (``zmemo``).
+    ``first``/``second``: keyword arguments of :func:`_run_detect`. Each entry
+    of the result is that stage's result or its exception (one failing never
+    fails the other)."""
+    memo: dict[tuple[str, str], Any] = {}
+    out: list[StageResult | BaseException] = []
+    for kw in (first, second):
+        try:
+            out.append(_run_detect(root, **kw, zmemo=memo))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _pick(results: list[StageResult | BaseException], k: int) -> StageResult:
+    """Entry ``k`` of :func:`_run_detect_pool`'s result (its exception re-raised)."""
+    r = results[k]
+    if isinstance(r, BaseException):
+        raise r
+    return r
 
 
 def split_detection(params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -641,17 +688,32 @@ def run_trial(
         return (by_name[pair.baseline_name].path / pair.baseline_name,
                 by_name[pair.followup_name].path / pair.followup_name)
 
-    def submit_detect(i: int, pool_j: int | None) -> None:
+    def detect_kw(i: int, pool_j: int | None) -> dict[str, Any]:
         pair = pairs[i]
         b, f = paths(pair)
-        partners = {role: by_name[name].path / name for role, name in pair.within.items()}
-        pool = (None if pool_j is None else
-                (regs[pool_j], *paths(pairs[pool_j]), pairs[pool_j].contrast))
-        dets[i] = client.submit(_run_detect, str(work), regs[i], b, f, pair.region,
-                                pair.contrast, det_params, threads_per_task, partners, pool,
-                                pure=False, retries=RETRIES)
-        ef = client.submit(_run_evidence, str(work), dets[i], b, pure=False, retries=RETRIES)
+        return {"reg": regs[i], "baseline": b, "followup": f, "region": pair.region,
+                "contrast": pair.contrast, "detection": det_params, "threads": threads_per_task,
+                "partners": {role: by_name[name].path / name
+                             for role, name in pair.within.items()},
+                "pool": None if pool_j is None else
+                (regs[pool_j], *paths(pairs[pool_j]), pairs[pool_j].contrast)}
+
+    def chain_evidence(i: int) -> None:
+        ef = client.submit(_run_evidence, str(work), dets[i], paths(pairs[i])[0], pure=False,
+                           retries=RETRIES)
         chain.update({dets[i]: ("detect", i), ef: ("evidence", i)})
+
+    def submit_detect(i: int, pool_j: int | None) -> None:
+        kw = detect_kw(i, pool_j)
+        dets[i] = client.submit(_run_detect, str(work), **kw, pure=False, retries=RETRIES)
+        chain_evidence(i)
+
+    def submit_detect_pool(i: int, j: int) -> None:
+        both = client.submit(_run_detect_pool, str(work), detect_kw(i, j), detect_kw(j, i),
+                             pure=False, retries=RETRIES)
+        for k, n in enumerate((i, j)):
+            dets[n] = client.submit(_pick, both, k, pure=False)
+            chain_evidence(n)
 
     # per series: N4 once, brain masks once if it is the baseline of a comparison
     n4s: dict[str, Any] = {}
@@ -679,7 +741,13 @@ def run_trial(
                                threads_per_task, pure=False, retries=RETRIES)
             chain[vf] = ("volume", i)
     for i in range(len(pairs)):
-        submit_detect(i, pooled.get(i))
+        j = pooled.get(i)
+        if j is None:
+            submit_detect(i, None)
+        elif pooled.get(j) == i and i < j:  # the two of a pool in one task
+            submit_detect_pool(i, j)
+        elif pooled.get(j) != i:
+            submit_detect(i, j)
     # morphometry fills idle workers while the comparisons finish (cached for the reports)
     early = submit_early(client, out, _series_by_visit(rows, qc))
     got: dict[tuple[str, Any], StageResult | BaseException] = {}

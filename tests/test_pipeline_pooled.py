@@ -67,3 +67,68 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
     assert staged["candidates"] == doc["candidates"]
     for name in ("candidates.nii.gz", "zmap.nii.gz"):
         assert (tmp_path / "cmp" / name).read_bytes() == (stage_dir / name).read_bytes(), name
+    # the T2w stage, run second in the pool's task with both z-maps taken from the
+    # FLAIR stage's computation, also gives what compare gives
+    doc = compare_main(out / "bids" / t2["baseline_name"], out / "bids" / t2["followup_name"],
+                       tmp_path / "cmp2", region="brain", contrast="t2w",
+                       extra=[(out / "bids" / comp["baseline_name"],
+                               out / "bids" / comp["followup_name"], "flair")], threads=1)
+    t2_dir = (out / t2["manifest"]).parent
+    assert json.loads((t2_dir / "candidates.json").read_text())["candidates"] == \
+        doc["candidates"]
+    for name in ("candidates.nii.gz", "zmap.nii.gz"):
+        assert (tmp_path / "cmp2" / name).read_bytes() == (t2_dir / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_pooled_detections_compute_each_zmap_once(tmp_path_factory, tmp_path,
+                                                  monkeypatch) -> None:
+    """The two detections of a pool, run in one task, compute 2 z-maps, not 4,
+    and write the same outputs as when each runs alone."""
+    from distributed import Client
+
+    import mri_safety.change.compare as compare
+    from pipelines.cache import StageResult
+    from pipelines.trial import _run_detect, _run_detect_pool, run_trial
+
+    trial = small_synthetic_trial(tmp_path_factory, ("02_FLAIR", "03_T2w"))
+    out = tmp_path / "out"
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None) as client:
+        assert not run_trial(trial / "dicom", out, client, secret=SECRET,
+                             enrolment=trial / "enrolment.csv").failures
+    comps = {(c["visit"], c["kind"], c["contrast"]): c
+             for v in sorted((out / "visits").glob("*/ses-*/visit_summary.json"))
+             for c in json.loads(v.read_text())["comparisons"]}
+    work = out / "work"
+
+    def kw(contrast: str, other: str) -> dict:
+        mine, theirs = comps[("24h", "baseline", contrast)], comps[("24h", "baseline", other)]
+        man = json.loads((out / mine["manifest"]).read_text())
+        up = man["upstream"]
+        reg = StageResult("register", up["register"], work / "register" / up["register"], False)
+        preg = StageResult("register", up["pool_register"],
+                           work / "register" / up["pool_register"], False)
+        bids = out / "bids"
+        return {"reg": reg, "baseline": bids / mine["baseline_name"],
+                "followup": bids / mine["followup_name"], "region": "brain",
+                "contrast": contrast, "detection": man["parameters"]["detection"],
+                "threads": 1, "partners": {},
+                "pool": (preg, bids / theirs["baseline_name"], bids / theirs["followup_name"],
+                         other)}
+
+    calls = []
+    real = compare.z_registered
+    monkeypatch.setattr(compare, "z_registered",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    fresh = tmp_path / "fresh"
+    both = _run_detect_pool(str(fresh), kw("flair", "t2w"), kw("t2w", "flair"))
+    assert len(calls) == 2 and all(r.computed for r in both)  # type: ignore[union-attr]
+    calls.clear()
+    alone = [_run_detect(str(tmp_path / "alone"), **kw(c, o)) for c, o in
+             (("flair", "t2w"), ("t2w", "flair"))]
+    assert len(calls) == 4
+    for a, b in zip(both, alone, strict=True):
+        assert a.digest == b.digest  # type: ignore[union-attr]
+        for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz"):
+            assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name  # type: ignore[union-attr]

@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -356,7 +356,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                       extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None,
                       started: float | None = None,
                       within: WithinVisit | None = None,
-                      extra_registered: list[tuple[RegisteredPair, str]] | None = None
+                      extra_registered: list[tuple[RegisteredPair, str]] | None = None,
+                      own_z: ZPair | None = None,
+                      extra_zpairs: Sequence[ZPair | None] | None = None,
                       ) -> ChangeResult:
     """Steps 3-7 of the module docstring on a :class:`RegisteredPair`:
     ``detect_pair(b, f, ...) == detect_registered(register_pair(b, f, ...), ...)``.
@@ -366,7 +368,11 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     ``started``: ``time.perf_counter()`` at the start of the work, for
     ``parameters["seconds"]`` (default: now). ``extra_registered``: extra
     contrasts as already registered pairs (the pipeline reuses the other
-    series' register stage), treated like ``extra``.
+    series' register stage), treated like ``extra``. ``own_z`` and
+    ``extra_zpairs`` (one entry per ``extra_registered`` pair, None = compute):
+    :func:`z_registered` of ``rp`` and of those pairs with these ``params``,
+    already computed (brain only; the pipeline computes each pooled pair's
+    z-map once for both detections that use it); the result is the same.
     """
     p = params or load_params()
     c = _check_contrast(contrast)
@@ -374,7 +380,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # spine: search the baseline canal; location by vertebral level (mri_safety.change.spine)
     sctx = (spine_regions(rp.baseline_n4, c, followup=rp.followup_n4, transform=rp.transform)
             if region == "spine" else None)
-    zp = z_registered(rp, p, sctx)
+    if own_z is not None and sctx is not None:
+        raise ValueError("own_z is for brain comparisons (the spine z-map needs its regions)")
+    zp = own_z if own_z is not None else z_registered(rp, p, sctx)
     base = rp.baseline
     sp = tuple(float(s) for s in base.GetSpacing())
     aff = sitk_affine_ras(base)
@@ -404,14 +412,18 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     extra_def: list[NDArray[np.bool_]] = []
     extra_ok: list[dict[str, Any]] = []  # info of the extras in extra_z
     # extra pairs, registered here (images) or already registered (pipeline)
-    extra_items: list[tuple[Callable[[], RegisteredPair], str]] = [
-        (partial(register_pair, eb, ef, threads=p.registration_threads, seed=p.seed), name)
-        for eb, ef, name in extra or []]
-    extra_items += [(partial(_given, erp), name) for erp, name in extra_registered or []]
-    for get_rp, name in extra_items:
+    extra_items: list[tuple[Callable[[], RegisteredPair], str, ZPair | None]] = [
+        (partial(register_pair, eb, ef, threads=p.registration_threads, seed=p.seed), name,
+         None) for eb, ef, name in extra or []]
+    given_z = list(extra_zpairs or [None] * len(extra_registered or []))
+    if len(given_z) != len(extra_registered or []):
+        raise ValueError("extra_zpairs needs one entry per extra_registered pair")
+    extra_items += [(partial(_given, erp), name, gz)
+                    for (erp, name), gz in zip(extra_registered or [], given_z, strict=True)]
+    for get_rp, name, gz in extra_items:
         try:
             erp = get_rp()
-            ez = z_registered(erp, p)
+            ez = gz if gz is not None else z_registered(erp, p)
             eb = erp.baseline
             # extra baseline -> main baseline (rigid), then its z onto the main grid
             r = register(base, sitk.Cast(eb, sitk.sitkFloat32),
