@@ -28,7 +28,9 @@ VOLUME_QUANTITIES: tuple[tuple[str, str], ...] = (
 def _finish(fig: Any, out_png: Path) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    # fixed margins for the 1 x N panel rows: tight_layout measured every tick label and
+    # made each figure cost 0.59 s instead of 0.38 s (two per visit report)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.17, top=0.9, wspace=0.3)
     fig.savefig(out_png, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return out_png
