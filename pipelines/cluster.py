@@ -75,6 +75,17 @@ def load_profile(name_or_path: str | Path) -> BatchProfile:
         raise ValueError(f"{p}: invalid cluster profile: {exc}") from exc
 
 
+#: Dask's nannies start each worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (freed
+#: memory goes back to the OS at once). Setting it also switches off glibc's dynamic
+#: mmap threshold, so every numpy temporary above 128 KiB becomes a fresh mmap whose
+#: pages fault in again: the same 24 QC stages took 9-13 % more CPU in a worker than
+#: in a plain process, and -3 to +1 % with the variable unset (2026-11-29, 2 cores;
+#: benchmarks/pipeline.py: every stage 8-26 % more CPU in (c) than in (b)). Unset,
+#: workers get glibc's defaults, like the serial run; peak RSS is in the benchmark.
+WORKER_DASK_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 def local_cluster(
     n_workers: int | None = None, threads_per_task: int | None = None, **kwargs: Any
 ) -> Any:
@@ -84,19 +95,21 @@ def local_cluster(
     best here (two workers each letting ITK use 2 threads gave only 1.14x over
     serial; with 1 ITK thread each, 1.19x or better).
     """
+    import dask
     from distributed import LocalCluster
 
     cores = os.cpu_count() or 1
     n_workers = n_workers or cores
     threads_per_task = threads_per_task or max(1, cores // n_workers)
-    return LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        env=thread_env(threads_per_task),
-        dashboard_address=None,
-        **kwargs,
-    )
+    with dask.config.set(WORKER_DASK_CONFIG):  # read by the nannies as they start
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            env=thread_env(threads_per_task),
+            dashboard_address=None,
+            **kwargs,
+        )
 
 
 def batch_cluster(profile: BatchProfile, *, adaptive: bool = True, **kwargs: Any) -> Any:
