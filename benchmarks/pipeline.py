@@ -16,6 +16,10 @@ time of the worker process while the stage ran); 'outside stages' = CPU of the
 run not spent in a stage (imports and start of the processes, Dask scheduler,
 nannies and worker loops, the driver).
 
+Before each round, :func:`pair_slowdown` measures how much the two cores slow
+each other down (a fixed workload alone vs two copies at once, CPU seconds):
+the ceiling of (c) over (b) is 2 / that factor.
+
 With ``--slurm-series 02_FLAIR`` it also starts a real single-node SLURM
 (``scripts/slurm_single_node.sh``, root) and runs that subset with one and
 then two one-core worker jobs (throughput scaling).
@@ -94,13 +98,16 @@ def run_one(config: str, trial: Path, out: Path) -> dict:
         workers = 1
     wall = time.perf_counter() - t0
     stage_s: dict[str, float] = {}
+    each: dict[str, float] = {}  # "stage/digest" -> CPU s (same key = same work in a, b, c)
     for m in (out / "work").glob("*/*/manifest.json"):
         doc = json.loads(m.read_text())
         stage_s[doc["stage"]] = stage_s.get(doc["stage"], 0.0) + doc.get("cpu_s", 0.0)
+        each[f"{doc['stage']}/{doc['digest']}"] = doc.get("cpu_s", 0.0)
     return {"wall": wall, "computed": summary.computed, "failures": summary.failures,
             "visits": len(summary.visits),
             "followups": sum(1 for v in summary.visits if not v.endswith("baseline")),
             "workers": workers, "worker_rss_mib": worker_rss, "stage_s": stage_s,
+            "stage_each": each,
             "self_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -129,6 +136,40 @@ def measure(config: str, trial: Path, out: Path) -> dict:
     if not res["worker_rss_mib"]:
         res["worker_rss_mib"] = [res["self_rss_mib"]]
     return res
+
+
+def spin(rounds: int = 12) -> float:
+    """A fixed amount of stage-like work (scipy.ndimage filters, a distance
+    transform, percentiles and a little pure Python on a volume the size of a
+    synthetic 2D brain series); returns the CPU seconds it took."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(1.0, 0.1, (100, 115, 38)).astype(np.float32)
+    t0 = time.process_time()
+    for _ in range(rounds):
+        g = ndi.gaussian_filter(vol, 1.5)
+        ndi.median_filter(g, size=3)
+        ndi.distance_transform_edt(g > 1.0)
+        np.percentile(g, [5, 50, 95])
+        d: dict[int, float] = {}
+        for i in range(100_000):
+            d[i % 997] = d.get(i % 997, 0.0) + i * 0.5
+    return time.process_time() - t0
+
+
+def pair_slowdown() -> tuple[float, float]:
+    """CPU seconds of :func:`spin` in one process alone, then the mean of two
+    processes running it at the same time. On an idle 2-core machine with
+    independent cores the two are equal; a ratio above 1 means the two cores
+    slow each other down (shared physical core, memory bandwidth, other
+    guests on the host), which bounds what two workers can gain over one."""
+    cmd = [sys.executable, __file__, "--_spin"]
+    alone = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    pair = [float(pr.communicate()[0]) for pr in procs]
+    return alone, sum(pair) / 2
 
 
 def slurm_scaling(trial: Path, tmp: Path) -> str:
@@ -185,7 +226,11 @@ def main() -> None:
     ap.add_argument("--slurm-series", default="",
                     help="also measure SLURM 1 vs 2 workers on these series (needs root)")
     ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--_spin", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._spin:
+        print(spin())
+        return
     if args._child:
         config, trial, out, res_file = args._child
         Path(res_file).write_text(json.dumps(run_one(config, Path(trial), Path(out))))
@@ -201,7 +246,11 @@ def main() -> None:
         # drifts (other jobs on the host), so each ratio compares medians of runs
         # made in the same stretch of time
         runs: dict[str, list[dict]] = {c: [] for c in args.configs.split(",")}
+        slow: list[tuple[float, float]] = []
         for rep in range(args.repeat):
+            slow.append(pair_slowdown())
+            print(f"round {rep + 1}: spin alone {slow[-1][0]:.2f} CPU s, two at once "
+                  f"{slow[-1][1]:.2f} CPU s each ({slow[-1][1] / slow[-1][0]:.2f}x)", flush=True)
             for config in runs:
                 r = measure(config, trial, Path(tmp) / f"{config}-{rep}" / "out")
                 runs[config].append(r)
@@ -268,6 +317,26 @@ def main() -> None:
             f"less sensitive to other jobs on the machine: "
             f"{c['cpu_s'] / max(1, c['followups']):.0f} s). Peak RSS per worker "
             f"{rss:.0f} MiB (bar <= 2048: {'met' if rss <= 2048 else 'NOT met'}).")
+    if "b_serial_1thread" in runs and "c_localcluster" in runs:
+        # the same stage (same key: same inputs, parameters, one thread) in (c) and (b)
+        infl = []
+        for rb, rc in zip(runs["b_serial_1thread"], runs["c_localcluster"], strict=True):
+            common = [k for k in rc["stage_each"] if rb["stage_each"].get(k, 0) > 0.2]
+            infl.append(sum(rc["stage_each"][k] for k in common)
+                        / sum(rb["stage_each"][k] for k in common))
+        lines.append(
+            "\nThe same stages (same keys, one thread each) took " + ", ".join(
+                f"{x:.2f}x" for x in infl) + " the CPU seconds in (c) that they took in (b) "
+            "(per round; stages of >= 0.2 CPU s in (b)).")
+    if slow:
+        f = [b / a for a, b in slow]
+        lines.append(
+            "\nTwo cores at once (measured before each round: a fixed scipy/numpy + Python "
+            "workload, CPU s in one process alone vs each of two processes running it "
+            "together): " + ", ".join(f"{a:.2f} -> {b:.2f} s ({x:.2f}x)"
+                                      for (a, b), x in zip(slow, f, strict=True))
+            + f". With the cores slowing each other by {statistics.median(f):.2f}x, two "
+            f"workers can be at most {2 / statistics.median(f):.2f}x faster than one.")
     first = next(iter(results.values()))
     lines.append(
         f"\nTrial: `python benchmarks/pipeline.py --patients {args.patients} "
