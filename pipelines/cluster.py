@@ -124,6 +124,10 @@ def batch_cluster(profile: BatchProfile, *, adaptive: bool = True, **kwargs: Any
         "sge": dask_jobqueue.SGECluster,
     }[profile.system]
     prologue = [f"export {k}={v}" for k, v in thread_env(profile.cores).items()]
+    # WORKER_DASK_CONFIG for the job's nanny (a dict value merges into Dask's default;
+    # the None unsets the variable, as in local_cluster)
+    prologue.append("export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
+                    "\"{'MALLOC_TRIM_THRESHOLD_': None}\"")
     # One Dask thread per job (cores=1 to Dask) while the batch system reserves
     # profile.cores CPUs for ITK's threads.
     reserve_by_system: dict[str, dict[str, Any]] = {

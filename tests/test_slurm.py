@@ -76,6 +76,9 @@ def test_slurm_stages_identical_to_local(slurm, tmp_path):
         client.wait_for_workers(2, timeout=180)
         job_ids = set(client.run(lambda: os.environ.get("SLURM_JOB_ID")).values())
         assert None not in job_ids and len(job_ids) == 2, job_ids
+        # the job's nanny starts its worker with glibc's malloc defaults (WORKER_DASK_CONFIG)
+        assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) \
+            == {None}
         on_slurm = run_all(client, tmp_path / "slurm_run")
 
     with local_cluster(n_workers=2) as cluster, Client(cluster) as client:
