@@ -358,7 +358,9 @@ def _run_detect_pool(root: str, first: dict[str, Any], second: dict[str, Any]
     task so that each pair's z-map is computed once for both (``zmemo``).
     ``first``/``second``: keyword arguments of :func:`_run_detect`. Each entry
     of the result is that stage's result or its exception (one failing never
-    fails the other)."""
+    fails the other; unlike a lone detect task, a stage that raised is not
+    retried by Dask: stages are deterministic, and a worker that dies is still
+    handled by the scheduler, which re-runs the whole task)."""
     memo: dict[tuple[str, str], Any] = {}
     out: list[StageResult | BaseException] = []
     for kw in (first, second):
