@@ -258,3 +258,19 @@ def test_pictures_one_per_abnormality_and_spine(study: Path, tmp_path: Path) -> 
         px = mpimg.imread(str(f))[..., :3].mean(-1)
         assert px.shape[0] > 150 and px.shape[1] > 150
         assert px.std() > 0.05, f"{f.name} looks blank"
+
+
+def test_ras_matrix_round_trip_through_itk() -> None:
+    """sitk_to_ras_matrix inverts ras_matrix_to_sitk, and the ITK transform maps
+    the LPS image of a RAS point where the matrix maps the point."""
+    from mri_safety.synth.sitkutil import ras_matrix_to_sitk, sitk_to_ras_matrix
+
+    e = sitk.Euler3DTransform((1.0, -2.0, 3.0), 0.1, -0.05, 0.2, (4.0, 5.0, -6.0))
+    m = np.eye(4)
+    m[:3, :3] = np.array(e.GetMatrix()).reshape(3, 3)
+    m[:3, 3] = (7.0, -8.0, 9.0)
+    t = ras_matrix_to_sitk(m)
+    assert np.allclose(sitk_to_ras_matrix(t), m, atol=1e-12)
+    p = np.array([10.0, -20.0, 30.0])
+    lps = np.array(t.TransformPoint(tuple(p * (-1, -1, 1)))) * (-1, -1, 1)
+    assert np.allclose(lps, m[:3, :3] @ p + m[:3, 3])

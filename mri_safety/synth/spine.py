@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from mri_safety.synth.anatomy import DATA_ROOT
-from mri_safety.synth.sitkutil import array_to_sitk
+from mri_safety.synth.sitkutil import array_to_sitk, sitk_to_ras_matrix
 
 SPINE_T2 = DATA_ROOT / "spine" / "t2"
 SPINE_T1 = DATA_ROOT / "spine" / "t1"
@@ -117,16 +117,8 @@ def _register_t1_to_t2(t2: np.ndarray, t2_aff: np.ndarray, cord: np.ndarray, t1:
     reg.SetShrinkFactorsPerLevel([2, 1])
     reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
     reg.SetInitialTransform(sitk.Euler3DTransform(), inPlace=False)
-    tx = reg.Execute(fixed, moving)
-    # ITK maps fixed (T2) LPS points to moving (T1) LPS points; read it as a 4x4 RAS matrix
-    flip = np.array([-1.0, -1.0, 1.0])
-    pts = np.vstack([np.zeros(3), np.eye(3)])
-    out = np.array([np.asarray(tx.TransformPoint(tuple(float(c) for c in p * flip))) * flip
-                    for p in pts])
-    m = np.eye(4)
-    m[:3, 3] = out[0]
-    m[:3, :3] = (out[1:] - out[0]).T
-    return m
+    # ITK maps fixed (T2) LPS points to moving (T1) LPS points
+    return sitk_to_ras_matrix(reg.Execute(fixed, moving))
 
 
 def load_spine_t1(sp: Spine, root: Path = SPINE_T1, root_t2: Path = SPINE_T2) -> SpineT1:
