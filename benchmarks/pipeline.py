@@ -298,12 +298,11 @@ def main() -> None:
 
         pb, pa = paired("b_serial_1thread"), paired("a_serial_itk_all")
         sb, sa = statistics.median(pb), statistics.median(pa)
+        per_visit = c["wall"] * cores / max(1, c["followups"])
         if len(pb) > 1:
             lines.append("Speed-ups per round: (c) over (b) "
                          + ", ".join(f"{v:.2f}" for v in pb) + "; over (a) "
                          + ", ".join(f"{v:.2f}" for v in pa) + " (median below).\n")
-        per_visit = c["wall"] * cores / max(1, c["followups"])
-        if len(pb) > 1:
             lines.append(f"{cores}-core s per follow-up visit with (c), per round: " + ", ".join(
                 f"{r['wall'] * cores / max(1, r['followups']):.1f}"
                 for r in runs["c_localcluster"]) + ".\n")

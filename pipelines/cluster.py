@@ -82,8 +82,9 @@ def load_profile(name_or_path: str | Path) -> BatchProfile:
 #: in a plain process, and -3 to +1 % with the variable unset (2026-11-29, 2 cores;
 #: benchmarks/pipeline.py: every stage 8-26 % more CPU in (c) than in (b)). Unset,
 #: workers get glibc's defaults, like the serial run; peak RSS is in the benchmark.
+WORKER_PRE_SPAWN: dict[str, Any] = {"MALLOC_TRIM_THRESHOLD_": None}
 WORKER_DASK_CONFIG: dict[str, Any] = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_PRE_SPAWN.items()}
 
 
 def local_cluster(
@@ -126,8 +127,7 @@ def batch_cluster(profile: BatchProfile, *, adaptive: bool = True, **kwargs: Any
     prologue = [f"export {k}={v}" for k, v in thread_env(profile.cores).items()]
     # WORKER_DASK_CONFIG for the job's nanny (a dict value merges into Dask's default;
     # the None unsets the variable, as in local_cluster)
-    prologue.append("export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
-                    "\"{'MALLOC_TRIM_THRESHOLD_': None}\"")
+    prologue.append(f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{WORKER_PRE_SPAWN!r}"')
     # One Dask thread per job (cores=1 to Dask) while the batch system reserves
     # profile.cores CPUs for ITK's threads.
     reserve_by_system: dict[str, dict[str, Any]] = {
