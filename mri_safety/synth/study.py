@@ -493,6 +493,10 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
     (one set per visit, on that grid) describe both. Its noise, bias and gain come
     from their own generator, so the T2w and every other series are unchanged.
     """
+    def insert(image: np.ndarray, f: np.ndarray, value: float, central: bool) -> np.ndarray:
+        """A syrinx takes the fluid value, a cord lesion ``value`` x the cord there."""
+        return (1 - f) * image + f * np.float32(value) * np.where(central, 1.0, image)
+
     img = spine.image.copy()
     img1 = spine_t1.image.copy() if spine_t1 is not None else None
     truth: dict[int, np.ndarray] = {}
@@ -502,12 +506,11 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
         central = a["kind"] == "syrinx"
         f = cord_blob(spine, a["level_rank"], a["length_mm"], 0.6 if central else 0.8,
                       a["seed"], central=central)
-        val = spine.csf_value if central else spine.lesion_ratio
-        img = (1 - f) * img + f * np.float32(val) * np.where(central, 1.0, img)
+        img = insert(img, f, spine.csf_value if central else spine.lesion_ratio, central)
         if img1 is not None and spine_t1 is not None:
             # T1w: syrinx = CSF (dark), cord lesion = lesion_ratio x cord (isointense)
-            val1 = spine_t1.csf_value if central else spine_t1.lesion_ratio
-            img1 = (1 - f) * img1 + f * np.float32(val1) * np.where(central, 1.0, img1)
+            img1 = insert(img1, f, spine_t1.csf_value if central else spine_t1.lesion_ratio,
+                          central)
         truth[i] = f
     angle = float(rng.uniform(-8, 8)) if v > 0 else 0.0
     img = flexion_warp(img, spine.affine, angle)
@@ -519,16 +522,26 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
     spec = AcqSpec("spine_T2w", "2d", "sagittal", (p.spine_inplane_mm, p.spine_inplane_mm),
                    p.spine_mm, 0.0, (56, 50), 40)
     grid, shape = grid_affine(spec, (pose @ np.append(ctr, 1))[:3])
-    clean = sample(img, spine.affine, pose, spec, grid, shape)
-    noisy = degrade(clean, grid, np.random.default_rng([seed, pidx, v, 99]), SNR["spine_T2w"],
-                    REF["spine_T2w"], float(rng.uniform(0.9, 1.1)), 0.08)
-    stored = _quantise(noisy)
-    uid = uid_from(seed, patient.patient_id, vname, "spine_T2w")
-    sdir = out_dir / "dicom" / patient.patient_id / vname / f"{sn:02d}_spine_T2w"
-    write_series(stored, grid, sdir, kind="spine_T2w", patient=patient, study_uid=study_uid,
-                 series_uid=uid, series_number=sn, study_date=date, study_time=time_s,
-                 accession=accession, body_part="CSPINE", thickness_mm=spec.thickness_mm)
-    _save(stored, grid, vgt / "volumes" / "spine_T2w.nii.gz")
+
+    def write(kind: str, image: np.ndarray, number: int, noise: np.random.Generator,
+              gain: float) -> dict[str, Any]:
+        """Acquire ``image`` on this visit's grid as series ``number`` (DICOM + volume)."""
+        spec_k = replace(spec, contrast=kind)  # same grid: only the contrast differs
+        clean = sample(image, spine.affine, pose, spec_k, grid, shape)
+        stored = _quantise(degrade(clean, grid, noise, SNR[kind], REF[kind], gain, 0.08))
+        uid = uid_from(seed, patient.patient_id, vname, kind)
+        sdir = out_dir / "dicom" / patient.patient_id / vname / f"{number:02d}_{kind}"
+        write_series(stored, grid, sdir, kind=kind, patient=patient, study_uid=study_uid,
+                     series_uid=uid, series_number=number, study_date=date, study_time=time_s,
+                     accession=accession, body_part="CSPINE", thickness_mm=spec.thickness_mm)
+        _save(stored, grid, vgt / "volumes" / f"{kind}.nii.gz")
+        return {"kind": kind, "dir": str(sdir.relative_to(out_dir)), "series_uid": uid,
+                "series_number": number, "affine": grid.tolist(), "shape": list(shape),
+                "spec": asdict(spec_k), "body_part": "CSPINE", "flexion_deg": angle,
+                "pose_subject_to_scanner_ras": pose.tolist()}
+
+    rec = [write("spine_T2w", img, sn, np.random.default_rng([seed, pidx, v, 99]),
+                 float(rng.uniform(0.9, 1.1)))]
     if base is None:
         base = (pose, grid, shape, spec)
     pv_n = {i: sample(f, spine.affine, pose, spec, grid, shape) for i, f in truth.items()}
@@ -539,30 +552,9 @@ def _spine_visit(out_dir: Path, spine: Spine, abns: list[dict[str, Any]], v: int
         lab, pv = _labels(pvs, shp)
         _save(lab, g, vgt / f"spine_labels_{name}.nii.gz")
         _save(pv, g, vgt / f"spine_pv_{name}.nii.gz")
-    rec = [{"kind": "spine_T2w", "dir": str(sdir.relative_to(out_dir)), "series_uid": uid,
-            "series_number": sn, "affine": grid.tolist(), "shape": list(shape),
-            "spec": asdict(spec), "body_part": "CSPINE", "flexion_deg": angle,
-            "pose_subject_to_scanner_ras": pose.tolist()}]
     if img1 is not None:
-        spec1 = replace(spec, contrast="spine_T1w")
-        grid1, shape1 = grid_affine(spec1, (pose @ np.append(ctr, 1))[:3])
-        assert np.array_equal(grid1, grid) and shape1 == shape
-        clean1 = sample(img1, spine.affine, pose, spec1, grid, shape)
         t1rng = np.random.default_rng([seed, pidx, v, 101])  # own noise / bias / gain
-        gain1 = float(t1rng.uniform(0.9, 1.1))
-        stored1 = _quantise(degrade(clean1, grid, t1rng, SNR["spine_T1w"], REF["spine_T1w"],
-                                    gain1, 0.08))
-        uid1 = uid_from(seed, patient.patient_id, vname, "spine_T1w")
-        sdir1 = out_dir / "dicom" / patient.patient_id / vname / f"{sn + 1:02d}_spine_T1w"
-        write_series(stored1, grid, sdir1, kind="spine_T1w", patient=patient,
-                     study_uid=study_uid, series_uid=uid1, series_number=sn + 1,
-                     study_date=date, study_time=time_s, accession=accession,
-                     body_part="CSPINE", thickness_mm=spec1.thickness_mm)
-        _save(stored1, grid, vgt / "volumes" / "spine_T1w.nii.gz")
-        rec.append({"kind": "spine_T1w", "dir": str(sdir1.relative_to(out_dir)),
-                    "series_uid": uid1, "series_number": sn + 1, "affine": grid.tolist(),
-                    "shape": list(shape), "spec": asdict(spec1), "body_part": "CSPINE",
-                    "flexion_deg": angle, "pose_subject_to_scanner_ras": pose.tolist()})
+        rec.append(write("spine_T1w", img1, sn + 1, t1rng, float(t1rng.uniform(0.9, 1.1))))
     return rec, base
 
 
