@@ -56,28 +56,22 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
                 and c["kind"] == "baseline")
     t2 = next(c for c in comps if c["contrast"] == "t2w" and c["visit"] == "M2"
               and c["kind"] == "baseline")
-    doc = compare_main(out / "bids" / comp["baseline_name"],
-                       out / "bids" / comp["followup_name"], tmp_path / "cmp",
-                       region="brain", contrast="flair",
-                       extra=[(out / "bids" / t2["baseline_name"],
-                               out / "bids" / t2["followup_name"], "t2w")], threads=1)
-    assert doc["parameters"]["registration_threads"] == 1
-    stage_dir = (out / comp["manifest"]).parent
-    staged = json.loads((stage_dir / "candidates.json").read_text())
-    assert staged["candidates"] == doc["candidates"]
-    for name in ("candidates.nii.gz", "zmap.nii.gz"):
-        assert (tmp_path / "cmp" / name).read_bytes() == (stage_dir / name).read_bytes(), name
-    # the T2w stage, run second in the pool's task with both z-maps taken from the
-    # FLAIR stage's computation, also gives what compare gives
-    doc = compare_main(out / "bids" / t2["baseline_name"], out / "bids" / t2["followup_name"],
-                       tmp_path / "cmp2", region="brain", contrast="t2w",
-                       extra=[(out / "bids" / comp["baseline_name"],
-                               out / "bids" / comp["followup_name"], "flair")], threads=1)
-    t2_dir = (out / t2["manifest"]).parent
-    assert json.loads((t2_dir / "candidates.json").read_text())["candidates"] == \
-        doc["candidates"]
-    for name in ("candidates.nii.gz", "zmap.nii.gz"):
-        assert (tmp_path / "cmp2" / name).read_bytes() == (t2_dir / name).read_bytes(), name
+    # and so does the T2w stage, run second in the pool's task with both z-maps taken
+    # from the FLAIR stage's computation
+    for mine, other in ((comp, t2), (t2, comp)):
+        cmp = tmp_path / f"cmp-{mine['contrast']}"
+        doc = compare_main(out / "bids" / mine["baseline_name"],
+                           out / "bids" / mine["followup_name"], cmp,
+                           region="brain", contrast=mine["contrast"],
+                           extra=[(out / "bids" / other["baseline_name"],
+                                   out / "bids" / other["followup_name"], other["contrast"])],
+                           threads=1)
+        assert doc["parameters"]["registration_threads"] == 1
+        stage_dir = (out / mine["manifest"]).parent
+        staged = json.loads((stage_dir / "candidates.json").read_text())
+        assert staged["candidates"] == doc["candidates"]
+        for name in ("candidates.nii.gz", "zmap.nii.gz"):
+            assert (cmp / name).read_bytes() == (stage_dir / name).read_bytes(), name
 
 
 @pytest.mark.slow
