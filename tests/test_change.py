@@ -375,3 +375,41 @@ def test_compare_command_threads_option(tmp_path: Path) -> None:
                           "--out", str(tmp_path / "x"), "--threads", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "threads" in (bad.stderr + bad.stdout).lower()
+
+
+def test_dark_focus_found_in_bright_grey_matter_and_needs_hypointensity(tmp_path: Path) -> None:
+    """T2*w/SWI: a new dark focus (microbleed) in a thin bright grey-matter-like sheet is
+    flagged as ``new_dark_focus``; a sheet segment darkening only to the surrounding tissue
+    level (a strong decrease, not hypointense) is not flagged. Before the dark-focus rule
+    the small-bright-structure test excluded the sheets and missed the focus."""
+    rng = np.random.default_rng(11)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    brain = head > 50
+    sheets = np.zeros(shape, bool)
+    for x in (22, 34, 46):  # 3-voxel sheets, 35 % brighter than the tissue (cortex on T2*w)
+        sheets[x - 1:x + 2] = True
+    sheets &= brain & (head < 150)
+    head[sheets] *= 1.35
+    fu = head.copy()
+    focus = _ball(shape, (34, 28, 26), 2.5)
+    fu[focus] = 15.0                                        # haemorrhage: near signal void
+    fade = _ball(shape, (46, 50, 36), 3.0) & sheets
+    fu[fade] = head[fade] / 1.35                            # the sheet fades to tissue level
+    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
+    paths = []
+    for name, img in (("base", head), ("fu", fu)):
+        p = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
+                 str(p))
+        paths.append(p)
+    doc = compare_main(paths[0], paths[1], tmp_path / "out", "brain", "t2starw", None)
+    lab: Any = nib.load(str(tmp_path / "out" / "candidates.nii.gz"))
+    labels = np.asarray(lab.dataobj)
+    flagged = [c for c in doc["candidates"] if c["flagged"]]
+    assert len(flagged) == 1, doc["candidates"]
+    assert flagged[0]["type"] == "new_dark_focus" and flagged[0]["sign"] == -1
+    assert np.any((labels == flagged[0]["id"]) & focus)
+    z: Any = nib.load(str(tmp_path / "out" / "zmap.nii.gz"))
+    assert float(np.asarray(z.dataobj)[fade].min()) < -doc["parameters"]["z_review"]
+    assert not np.any(np.isin(labels[fade], [c["id"] for c in flagged]))

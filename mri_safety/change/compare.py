@@ -82,6 +82,13 @@ FINDINGS: dict[str, dict[int, tuple[str, bool]]] = {
     "t2starw": {1: ("t2star_signal_increase", False), -1: ("new_dark_focus", True)},
 }
 LESION_LIKE = {"flair", "t2w", "pd", "dwi"}
+#: contrasts whose finding is a new DARK focus (haemorrhage, microbleeds): a decrease counts
+#: only where the follow-up is hypointense, at most 1 / hyper_ratio x the tissue median (the
+#: mirror of the lesion-like rule). The small-bright-structure test of T1w (vessels with
+#: inflow or enhancement) is not used on them: grey matter is brighter than white matter
+#: there, so with cortical and deep grey texture it marked most of the brain (80 % of the
+#: tissue of a synthetic 1 x 1 x 3 mm T2*w), including where microbleeds occur.
+DARK_FOCUS = {"t2starw", "swi"}
 #: extra contrasts pooled voxel-wise with the main z-map (same sign for a new lesion)
 POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
 REVIEW_SCORE = 0.5
@@ -395,7 +402,11 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)
         # are flow/partial-volume artefacts, not new findings
         lo, hi = np.percentile(zp.base[zp.tissue], [p.normal_range_pct, 100 - p.normal_range_pct])
-        normal = (zp.base >= lo) & (zp.base <= hi) & ~zp.baseline_bright
+        normal = (zp.base >= lo) & (zp.base <= hi)
+        if c in DARK_FOCUS:
+            allowed_neg &= zp.fu <= 1.0 / p.hyper_ratio
+        else:
+            normal &= ~zp.baseline_bright
         allowed_pos &= normal
         allowed_neg &= normal
         if c == "t1w":

@@ -31,7 +31,9 @@ class DetectParams(BaseModel):
     edge_misregistration_mm: residual misregistration (mm) of the edge noise
         term; ``None`` estimates it from the difference image itself.
     hyper_ratio: for FLAIR/T2w, the follow-up voxel must exceed this multiple
-        of the brain median intensity (lesion-like, not only brighter).
+        of the brain median intensity (lesion-like, not only brighter); for
+        T2*w/SWI a decrease must bring it below 1 / hyper_ratio (a hypointense focus,
+        not only darker).
     normal_range_pct: for contrasts without a lesion-likeness rule (T1w, SWI, ...), a
         change counts only where the baseline lies within the [pct, 100 - pct]
         percentiles of baseline tissue (not a vessel, fat or CSF already).
