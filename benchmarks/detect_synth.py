@@ -2,13 +2,13 @@
 
 Usage::
 
-    python benchmarks/detect_synth.py [--study DIR | --patients N --seed S] [--no-write]
+    python benchmarks/detect_synth.py [--study DIR ... | --patients N --seeds S ...] [--no-write]
 
 For every follow-up visit of a generated study (``mri_safety.synth``, preset
 small) each contrast that can show a new abnormality is compared with its
 baseline (``mri_safety.change.compare.detect_pair``, the same call as
 ``mri-safety compare``): FLAIR, T2w, post-contrast T1w (``t1ce``), DWI b1000
-(``dwi``), T2*w (``t2starw``) and the spine T2w (``--region spine``).
+(``dwi``), T2*w (``t2starw``) and the spine T2w and T1w (``--region spine``).
 Ventricular enlargement is judged by ``mri_safety.change.jacobian`` on the
 T1w pair. An abnormality counts as found at a visit when a flagged candidate
 of any of that visit's comparisons touches it within one voxel (the truth
@@ -51,7 +51,7 @@ warnings.filterwarnings("ignore")
 #: series kind -> (compare contrast, region)
 PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w_post": ("t1ce", "brain"),
          "DWI_b1000": ("dwi", "brain"), "T2starw": ("t2starw", "brain"),
-         "spine_T2w": ("t2w", "spine")}
+         "spine_T2w": ("t2w", "spine"), "spine_T1w": ("t1w", "spine")}
 #: brain series pooled with another series of the same visits, as the pipeline does
 POOL = {"FLAIR": ("T2w", "t2w"), "T2w": ("FLAIR", "flair")}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
@@ -86,7 +86,8 @@ def _bin(d: float) -> str:
     return "<2 mm"
 
 
-def evaluate(study: Path) -> dict[str, Any]:
+def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
+    """Scores of one study; ``tag`` prefixes its patient ids in the lists."""
     found_by_type: dict[str, list[bool]] = defaultdict(list)
     found_by_size: dict[str, list[bool]] = defaultdict(list)
     fp_pairs: list[tuple[str, int]] = []
@@ -96,6 +97,7 @@ def evaluate(study: Path) -> dict[str, Any]:
     for tj in sorted((study / "ground_truth").glob("*/truth.json")):
         t = json.loads(tj.read_text())
         gt = tj.parent
+        pid = f"{tag}{t['patient_id']}"
         for v in t["visits"][1:]:
             vname, ids = v["name"], list(v["new_abnormality_ids"])
             kinds = {i: t["abnormalities"][i - 1]["kind"] for i in ids}
@@ -103,6 +105,7 @@ def evaluate(study: Path) -> dict[str, Any]:
             spine_lab = _load(gt / vname / "spine_labels_baseline.nii.gz")
             spine_ids = sorted(int(x) for x in np.unique(arr(spine_lab)) if x > 0)
             hit: set[tuple[str, int]] = set()
+            best: dict[tuple[str, int], tuple[float, str]] = {}  # largest |z| in the truth
             n_flag_visit = 0
             for kind, (contrast, region) in PAIRS.items():
                 b = _load(gt / "baseline" / "volumes" / f"{kind}.nii.gz")
@@ -118,6 +121,10 @@ def evaluate(study: Path) -> dict[str, Any]:
                 lab_img, tids = ((spine_lab, spine_ids) if region == "spine"
                                  else (brain_lab, [i for i in ids if kinds[i] != "ventricles"]))
                 truth = _truth_on(lab_img, tids, b)
+                for i, m in truth.items():
+                    zi = float(np.abs(res.z[m]).max()) if m.any() else 0.0
+                    if zi >= best.get((region, i), (-1.0, ""))[0]:
+                        best[(region, i)] = (zi, kind)
                 fp = 0
                 for c in res.candidates:
                     if not c["flagged"]:
@@ -127,7 +134,7 @@ def evaluate(study: Path) -> dict[str, Any]:
                     touched = [i for i, m in truth.items() if np.any(m & near)]
                     hit.update((region, i) for i in touched)
                     fp += not touched
-                fp_pairs.append((f"{t['patient_id']} {vname} {kind}", fp))
+                fp_pairs.append((f"{pid} {vname} {kind}", fp))
             # ventricular enlargement: Jacobian on the T1w pair, true transform
             b1 = _load(gt / "baseline" / "volumes" / "T1w.nii.gz")
             f1 = _load(gt / vname / "volumes" / "T1w.nii.gz")
@@ -146,16 +153,19 @@ def evaluate(study: Path) -> dict[str, Any]:
                 if k not in ("ventricles", "subdural"):
                     found_by_size[_bin(_diameter_mm(brain_lab, i))].append(ok)
                 if not ok:
-                    missed.append(f"{t['patient_id']} {vname} #{i} {k}")
+                    zb, kb = best.get(("brain", i), (0.0, "-"))
+                    missed.append(f"{pid} {vname} #{i} {k} {_diameter_mm(brain_lab, i):.1f} mm"
+                                  f" (largest |z| {zb:.1f}, {kb})")
             for i in spine_ids:
                 sk = t["spine_abnormalities"][i - 1]["kind"] if i <= len(
                     t["spine_abnormalities"]) else "spine"
                 ok = ("spine", i) in hit
                 found_by_type[f"spine {sk}"].append(ok)
                 if not ok:
-                    missed.append(f"{t['patient_id']} {vname} spine #{i} {sk}")
+                    zb, kb = best.get(("spine", i), (0.0, "-"))
+                    missed.append(f"{pid} {vname} spine #{i} {sk} (largest |z| {zb:.1f})")
             if not ids and not spine_ids:
-                nochange_flagged.append((f"{t['patient_id']} {vname}", n_flag_visit))
+                nochange_flagged.append((f"{pid} {vname}", n_flag_visit))
     return {"by_type": found_by_type, "by_size": found_by_size, "fp_pairs": fp_pairs,
             "nochange": nochange_flagged, "missed": missed, "seconds": seconds}
 
@@ -184,24 +194,40 @@ def _table(r: dict[str, Any], cmd: str) -> str:
     return "\n".join(lines)
 
 
+def _merge(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool the results of several studies (lists concatenated per key)."""
+    out: dict[str, Any] = {"by_type": defaultdict(list), "by_size": defaultdict(list)}
+    for r in rs:
+        for key in ("by_type", "by_size"):
+            for k, v in r[key].items():
+                out[key][k] += v
+        for key in ("fp_pairs", "nochange", "missed", "seconds"):
+            out.setdefault(key, []).extend(r[key])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--study", type=Path, default=None, help="a generated study to reuse")
+    ap.add_argument("--study", type=Path, action="append", default=None,
+                    help="a generated study to reuse (repeat for several)")
     ap.add_argument("--patients", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7])
     ap.add_argument("--no-write", dest="write", action="store_false")
     a = ap.parse_args()
-    study = a.study
-    if study is None:
+    studies = a.study
+    if studies is None:
         from mri_safety.synth import synth_main
 
-        study = synth_main(Path(tempfile.mkdtemp(prefix="detect_synth_")), a.patients, a.seed,
-                           "small")
-    r = evaluate(study)
-    cmd = (f"`python benchmarks/detect_synth.py` on a generated study "
-           f"({'given' if a.study else f'{a.patients} patients, seed {a.seed}'}, preset small):"
-           " every abnormality type through the contrast that shows it; found = touched by a"
-           " flagged candidate of the visit within one voxel.")
+        studies = [synth_main(Path(tempfile.mkdtemp(prefix=f"detect_synth_{s}_")), a.patients,
+                              s, "small") for s in a.seeds]
+    tags = ([f"{s.name}:" for s in studies] if a.study else [f"s{s}:" for s in a.seeds])
+    r = _merge([evaluate(s, tag) for s, tag in zip(studies, tags, strict=True)])
+    what = (f"{len(studies)} given studies" if a.study else
+            f"{a.patients} patients per seed, seeds {', '.join(map(str, a.seeds))}")
+    cmd = (f"`python benchmarks/detect_synth.py` on generated studies ({what}, preset small;"
+           " patient ids repeat across seeds, each seed is its own trial): every abnormality"
+           " type through the contrast that shows it; found = touched by a flagged candidate"
+           " of the visit within one voxel.")
     body = _table(r, cmd)
     print(body)
     if a.write:
