@@ -166,15 +166,16 @@ def make_pair(anat: Anatomy, seed: int, n_les: int, n_bleed: int) -> SmallPair:
     return SmallPair(abns, poses, images)
 
 
-def run_seed(anat: Anatomy, seed: int, n_les: int, n_bleed: int
+def evaluate(sp: SmallPair, kinds: tuple[str, ...] = tuple(COMPARISONS)
              ) -> tuple[list[Truth], list[Pair]]:
-    """One pair per protocol: each abnormality found or not, each comparison's FP."""
-    sp = make_pair(anat, seed, n_les, n_bleed)
+    """Each protocol's comparisons of ``kinds``: each abnormality found or not, each
+    comparison's flagged false positives and time."""
     abns, poses = sp.abns, sp.poses
     truths: list[Truth] = []
     pairs: list[Pair] = []
     for proto, imgs in sp.images.items():
-        for kind, (series, contrast, partner) in COMPARISONS.items():
+        for kind in kinds:
+            series, contrast, partner = COMPARISONS[kind]
             extra = ([(imgs[0][partner[0]], imgs[1][partner[0]], partner[1])] if partner
                      else None)
             t0 = time.perf_counter()
@@ -242,7 +243,7 @@ def main() -> None:
     truths: list[Truth] = []
     pairs: list[Pair] = []
     for s in a.seeds:
-        ts, qs = run_seed(anat, s, a.lesions, a.bleeds)
+        ts, qs = evaluate(make_pair(anat, s, a.lesions, a.bleeds))
         truths += ts
         pairs += qs
         print(f"seed {s} done", flush=True)
