@@ -46,6 +46,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
+from detect_synth import _bin as _size_bin  # noqa: E402
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.register.transforms import sitk_affine_ras  # noqa: E402
@@ -94,13 +95,6 @@ class Pair:
     kind: str
     fp: int
     seconds: float
-
-
-def _bin(d: float) -> str:
-    for lo, hi in SIZE_BINS:
-        if lo <= d < hi:
-            return f"{lo:g}-{hi:g} mm" if np.isfinite(hi) else f">={lo:g} mm"
-    return "<2 mm"
 
 
 def _place(anat: Anatomy, rng: np.random.Generator, n_les: int, n_bleed: int
@@ -210,13 +204,13 @@ def evaluate(sp: SmallPair, kinds: tuple[str, ...] = tuple(COMPARISONS)
 def table(truths: list[Truth], pairs: list[Pair], cmd: str) -> str:
     lines = [cmd, "", "| protocol | abnormality | size | found | sensitivity | bar |",
              "|---|---|---|---|---|---|"]
-    bars = {"3-5 mm": ">= 0.80", ">=5 mm": ">= 0.95"}
+    bars = {"3-5 mm": ">= 0.80", ">5 mm": ">= 0.95"}
     found: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
     for t in truths:
-        found[(t.protocol, t.kind, _bin(t.size_mm))].append(t.found)
+        found[(t.protocol, t.kind, _size_bin(t.size_mm, SIZE_BINS))].append(t.found)
     for proto in PROTOCOLS:
         for kind in ("lesion", "haemorrhage"):
-            for b in [_bin(lo) for lo, _ in SIZE_BINS]:
+            for b in [_size_bin(lo, SIZE_BINS) for lo, _ in SIZE_BINS]:
                 v = found.get((proto, kind, b), [])
                 if v:
                     lines.append(f"| {proto} | {kind} | {b} | {sum(v)} of {len(v)} | "

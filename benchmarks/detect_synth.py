@@ -79,8 +79,9 @@ def _diameter_mm(labels: sitk.Image, i: int) -> float:
     return float(np.cbrt(6.0 * vol / np.pi))
 
 
-def _bin(d: float) -> str:
-    for lo, hi in SIZE_BINS:
+def _bin(d: float, bins: tuple[tuple[float, float], ...] = SIZE_BINS) -> str:
+    """Label of the size bin of diameter ``d`` (mm); the last bin is open."""
+    for lo, hi in bins:
         if lo <= d < hi:
             return f"{lo:g}-{hi:g} mm" if np.isfinite(hi) else f">{lo:g} mm"
     return "<2 mm"
