@@ -5,7 +5,7 @@ post-contrast T1w as t1ce, ADC / pre-contrast partners, partnered ADC
 comparisons dropped, volume-change pair choice), the ventricular-enlargement
 candidate and its report rows.
 
-Slow (~3-4 min on 2 shared cores): the third synthetic patient (seed 0), whose
+Slow (~3-4 min on 2 shared cores): the third synthetic patient (seed 2), whose
 M2 visit has an infarct (from 24h), a mass and enlarged ventricles, baseline
 and M2 only, series T1w, DWI b0/b1000, ADC, post-contrast T1w, through the
 pipeline: the volume stage flags ventricular enlargement in the visit summary
@@ -166,16 +166,27 @@ def test_failed_volume_stage_is_an_entry_with_its_error(tmp_path: Path) -> None:
 
 SECRET = b"pipeline-test-secret-0123456789"
 KEEP = ("01_T1w", "05_DWI_b0", "06_DWI_b1000", "07_ADC", "08_T1w_post")
+# These tests check that the pipeline pairs partners within a visit, not how
+# small an infarct it finds (benchmarks/detect_synth.py measures that). The
+# infarct must therefore be well above the 4 mm DWI grid's limit: seed 0's
+# 7.2 mm infarct (about 2 voxels across) peaked at z 3.86 on one machine and
+# above z_seed 4.0 on another. Seed 2 is the first seed whose third patient
+# has an infarct of 10 mm or more (11.0 mm); the fixture checks it.
+SEED = 2
+MIN_INFARCT_MM = 10.0
 
 
 @pytest.fixture(scope="module")
 def trial3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """SYN003 of seed 0 (M2: infarct since 24h, mass, ventricles +3-5 mm), baseline
+    """SYN003 of SEED (M2: infarct since 24h, mass, ventricles +3-5 mm), baseline
     and M2 only, the series of KEEP; returns the trial folder and the truth."""
     from mri_safety.synth.study import generate_patient
 
     full = tmp_path_factory.mktemp("synth3")
-    truth = generate_patient(full, 2, 0, "small")
+    truth = generate_patient(full, 2, SEED, "small")
+    kinds = {a["kind"]: a for a in truth["abnormalities"]}
+    assert sorted(kinds) == ["infarct", "mass", "ventricles"], sorted(kinds)
+    assert kinds["infarct"]["diameter_mm"] >= MIN_INFARCT_MM, kinds["infarct"]
     trial = tmp_path_factory.mktemp("trial3")
     for visit in ("baseline", "M2"):
         for series in KEEP:
