@@ -5,7 +5,8 @@
 #   eval "$(bash scripts/slurm_single_node.sh start DIR)"   # exports SLURM_CONF
 #   bash scripts/slurm_single_node.sh stop DIR
 #
-# Everything SLURM writes (state, spool, logs, pid files) lives under DIR.
+# Everything SLURM writes (state, spool, logs, pid files) lives under DIR. `stop`
+# also stops munged if `start` started it.
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=$(realpath -m "${2:?state directory}")
@@ -26,6 +27,8 @@ start_munge() {
   chmod 400 /etc/munge/munge.key
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- munged >&2
+    # started here, so stopped by `stop` (a munged that was already running is left alone)
+    mkdir -p "$dir" && touch "$dir/munged.started"
     sleep 1
   fi
   munge -n | unmunge >/dev/null
@@ -88,6 +91,10 @@ stop() {
   for f in "$dir/slurmd.pid" "$dir/slurmctld.pid"; do
     if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done
+  if [ -e "$dir/munged.started" ]; then
+    runuser -u munge -- munged --stop >&2 || true
+    rm -f "$dir/munged.started"
+  fi
   sleep 1
 }
 

@@ -26,6 +26,7 @@ def slurm(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("starting slurmctld/munged needs root on this machine")
     state = tmp_path_factory.mktemp("slurm")
+    munged_before = _munged_running()
     proc = subprocess.run(["bash", str(SCRIPT), "start", str(state)],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
@@ -39,6 +40,12 @@ def slurm(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+    # the script stops what it started, and only that
+    assert _munged_running() == munged_before
+
+
+def _munged_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
