@@ -7,14 +7,20 @@ Usage::
 For every follow-up visit of a generated study (``mri_safety.synth``, preset
 small) each contrast that can show a new abnormality is compared with its
 baseline (``mri_safety.change.compare.detect_pair``, the same call as
-``mri-safety compare``): FLAIR, T2w, post-contrast T1w (``t1ce``), DWI b1000
-(``dwi``), T2*w (``t2starw``) and the spine T2w and T1w (``--region spine``).
+``mri-safety compare``): FLAIR and T2w (each pooled with the other), T1w,
+post-contrast T1w (``t1ce``, with the pre-contrast T1w of both visits), DWI
+b1000 (``dwi``, with the ADC maps of both visits), T2*w (``t2starw``) and the
+spine T2w and T1w (``--region spine``): the pairs, pools and within-visit
+partners of the pipeline (``pipelines.trial``), which also compares each
+follow-up with the previous visit (not done here).
 Ventricular enlargement is judged by ``mri_safety.change.jacobian`` on the
 T1w pair. An abnormality counts as found at a visit when a flagged candidate
 of any of that visit's comparisons touches it within one voxel (the truth
 label, 0.5 mm baseline grid, is brought onto each comparison's baseline grid
 by linear resampling of its indicator, > 0.25). A flagged candidate touching
-no abnormality is a false positive of its pair. Sizes are equivalent-sphere
+no abnormality is a false positive of its pair; one touching only the tissue
+that became CSF of enlarged ventricles is a true change counted apart (the
+ventricles are judged by the Jacobian). Sizes are equivalent-sphere
 diameters of the baseline-space truth label. Writes the section "Detection on
 synthetic studies" of benchmarks/results.md.
 """
@@ -41,6 +47,7 @@ from _results import write_section  # noqa: E402
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
 from mri_safety.change.masks import arr, img_like  # noqa: E402
+from mri_safety.change.multicontrast import WithinVisit  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
 from mri_safety.preprocess.masks import brain_masks  # noqa: E402
@@ -49,9 +56,12 @@ from mri_safety.synth.sitkutil import array_to_sitk  # noqa: E402
 warnings.filterwarnings("ignore")
 
 #: series kind -> (compare contrast, region)
-PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w_post": ("t1ce", "brain"),
-         "DWI_b1000": ("dwi", "brain"), "T2starw": ("t2starw", "brain"),
-         "spine_T2w": ("t2w", "spine"), "spine_T1w": ("t1w", "spine")}
+PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w": ("t1w", "brain"),
+         "T1w_post": ("t1ce", "brain"), "DWI_b1000": ("dwi", "brain"),
+         "T2starw": ("t2starw", "brain"), "spine_T2w": ("t2w", "spine"),
+         "spine_T1w": ("t1w", "spine")}
+#: within-visit partners (baseline and follow-up of this series), as the pipeline gives them
+WITHIN = {"DWI_b1000": "ADC", "T1w_post": "T1w"}
 #: brain series pooled with another series of the same visits, as the pipeline does
 POOL = {"FLAIR": ("T2w", "t2w"), "T2w": ("FLAIR", "flair")}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
@@ -92,6 +102,7 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
     found_by_type: dict[str, list[bool]] = defaultdict(list)
     found_by_size: dict[str, list[bool]] = defaultdict(list)
     fp_pairs: list[tuple[str, int]] = []
+    vent_pairs: list[tuple[str, int]] = []  # flagged candidates on enlarged ventricles
     nochange_flagged: list[tuple[str, int]] = []
     missed: list[str] = []
     seconds: list[float] = []
@@ -116,17 +127,28 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
                     ek, ec = POOL[kind]
                     extra = [(_load(gt / "baseline" / "volumes" / f"{ek}.nii.gz"),
                               _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec)]
+                within = None
+                if kind in WITHIN:
+                    wb = _load(gt / "baseline" / "volumes" / f"{WITHIN[kind]}.nii.gz")
+                    wf = _load(gt / vname / "volumes" / f"{WITHIN[kind]}.nii.gz")
+                    within = (WithinVisit(adc_baseline=wb, adc_followup=wf) if contrast == "dwi"
+                              else WithinVisit(pre_baseline=wb, pre_followup=wf))
                 t0 = time.perf_counter()
-                res = detect_pair(b, f, contrast=contrast, region=region, extra=extra)
+                res = detect_pair(b, f, contrast=contrast, region=region, extra=extra,
+                                  within=within)
                 seconds.append(time.perf_counter() - t0)
                 lab_img, tids = ((spine_lab, spine_ids) if region == "spine"
                                  else (brain_lab, [i for i in ids if kinds[i] != "ventricles"]))
                 truth = _truth_on(lab_img, tids, b)
+                # tissue that became CSF of enlarged ventricles: a true change, judged by the
+                # Jacobian below; a candidate there is neither a find nor a false positive
+                vent = _truth_on(brain_lab, [i for i in ids if kinds[i] == "ventricles"], b) \
+                    if region == "brain" else {}
                 for i, m in truth.items():
                     zi = float(np.abs(res.z[m]).max()) if m.any() else 0.0
                     if zi >= best.get((region, i), (-1.0, ""))[0]:
                         best[(region, i)] = (zi, kind)
-                fp = 0
+                fp = n_vent = 0
                 for c in res.candidates:
                     if not c["flagged"]:
                         continue
@@ -134,8 +156,12 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
                     near = ndi.binary_dilation(res.labels == c["id"], np.ones((3, 3, 3), bool))
                     touched = [i for i, m in truth.items() if np.any(m & near)]
                     hit.update((region, i) for i in touched)
-                    fp += not touched
+                    on_vent = not touched and any(np.any(m & near) for m in vent.values())
+                    n_vent += on_vent
+                    fp += not touched and not on_vent
                 fp_pairs.append((f"{pid} {vname} {kind}", fp))
+                if n_vent:
+                    vent_pairs.append((f"{pid} {vname} {kind}", n_vent))
             # ventricular enlargement: Jacobian on the T1w pair, true transform
             b1 = _load(gt / "baseline" / "volumes" / "T1w.nii.gz")
             f1 = _load(gt / vname / "volumes" / "T1w.nii.gz")
@@ -168,6 +194,7 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
             if not ids and not spine_ids:
                 nochange_flagged.append((f"{pid} {vname}", n_flag_visit))
     return {"by_type": found_by_type, "by_size": found_by_size, "fp_pairs": fp_pairs,
+            "vent_pairs": vent_pairs,
             "nochange": nochange_flagged, "missed": missed, "seconds": seconds}
 
 
@@ -184,6 +211,10 @@ def _table(r: dict[str, Any], cmd: str) -> str:
     lines += ["", f"Flagged false positives: {sum(fps)} over {len(fps)} contrast pairs "
               f"({sum(fps) / max(len(fps), 1):.2f} per pair; bar <= 0.5). Pairs with any: "
               + (", ".join(f"{p} ({n})" for p, n in r["fp_pairs"] if n) or "none") + ".", ""]
+    if r["vent_pairs"]:
+        lines += ["Flagged candidates on the tissue that became CSF of enlarged ventricles "
+                  "(true changes, counted neither as found nor as false positives): "
+                  + ", ".join(f"{p} ({n})" for p, n in r["vent_pairs"]) + ".", ""]
     if r["nochange"]:
         lines.append("Follow-ups without any new abnormality (atrophy only): " + ", ".join(
             f"{p}: {n} flagged" for p, n in r["nochange"]) + " (bar: 0).")
@@ -202,7 +233,7 @@ def _merge(rs: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("by_type", "by_size"):
             for k, v in r[key].items():
                 out[key][k] += v
-        for key in ("fp_pairs", "nochange", "missed", "seconds"):
+        for key in ("fp_pairs", "vent_pairs", "nochange", "missed", "seconds"):
             out.setdefault(key, []).extend(r[key])
     return out
 
@@ -223,8 +254,12 @@ def main() -> None:
                               s, "small") for s in a.seeds]
     tags = ([f"{s.name}:" for s in studies] if a.study else [f"s{s}:" for s in a.seeds])
     r = _merge([evaluate(s, tag) for s, tag in zip(studies, tags, strict=True)])
-    what = (f"{len(studies)} given studies" if a.study else
-            f"{a.patients} patients per seed, seeds {', '.join(map(str, a.seeds))}")
+    if a.study:
+        seeds = sorted({json.loads(tj.read_text())["seed"] for s in studies
+                        for tj in (s / "ground_truth").glob("*/truth.json")})
+        what = f"{len(studies)} given studies of seeds {', '.join(map(str, seeds))}"
+    else:
+        what = f"{a.patients} patients per seed, seeds {', '.join(map(str, a.seeds))}"
     cmd = (f"`python benchmarks/detect_synth.py` on generated studies ({what}, preset small;"
            " patient ids repeat across seeds, each seed is its own trial): every abnormality"
            " type through the contrast that shows it; found = touched by a flagged candidate"
