@@ -47,7 +47,7 @@ from _results import write_section  # noqa: E402
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
 from mri_safety.change.masks import arr, img_like  # noqa: E402
-from mri_safety.change.multicontrast import WithinVisit  # noqa: E402
+from mri_safety.change.multicontrast import within_visit_from_extra  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
 from mri_safety.preprocess.masks import brain_masks  # noqa: E402
@@ -60,8 +60,9 @@ PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w": ("t1w", "b
          "T1w_post": ("t1ce", "brain"), "DWI_b1000": ("dwi", "brain"),
          "T2starw": ("t2starw", "brain"), "spine_T2w": ("t2w", "spine"),
          "spine_T1w": ("t1w", "spine")}
-#: within-visit partners (baseline and follow-up of this series), as the pipeline gives them
-WITHIN = {"DWI_b1000": "ADC", "T1w_post": "T1w"}
+#: within-visit partner series and its compare contrast, as the pipeline gives them
+#: (split off the extra pairs by multicontrast.within_visit_from_extra, as in mri-safety compare)
+WITHIN = {"DWI_b1000": ("ADC", "adc"), "T1w_post": ("T1w", "t1w")}
 #: brain series pooled with another series of the same visits, as the pipeline does
 POOL = {"FLAIR": ("T2w", "t2w"), "T2w": ("FLAIR", "flair")}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
@@ -122,17 +123,10 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
             for kind, (contrast, region) in PAIRS.items():
                 b = _load(gt / "baseline" / "volumes" / f"{kind}.nii.gz")
                 f = _load(gt / vname / "volumes" / f"{kind}.nii.gz")
-                extra = None
-                if kind in POOL:
-                    ek, ec = POOL[kind]
-                    extra = [(_load(gt / "baseline" / "volumes" / f"{ek}.nii.gz"),
-                              _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec)]
-                within = None
-                if kind in WITHIN:
-                    wb = _load(gt / "baseline" / "volumes" / f"{WITHIN[kind]}.nii.gz")
-                    wf = _load(gt / vname / "volumes" / f"{WITHIN[kind]}.nii.gz")
-                    within = (WithinVisit(adc_baseline=wb, adc_followup=wf) if contrast == "dwi"
-                              else WithinVisit(pre_baseline=wb, pre_followup=wf))
+                partners = [pc for pc in (POOL.get(kind), WITHIN.get(kind)) if pc]
+                extra, within = within_visit_from_extra(contrast, [
+                    (_load(gt / "baseline" / "volumes" / f"{ek}.nii.gz"),
+                     _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec) for ek, ec in partners])
                 t0 = time.perf_counter()
                 res = detect_pair(b, f, contrast=contrast, region=region, extra=extra,
                                   within=within)
