@@ -20,7 +20,10 @@ label, 0.5 mm baseline grid, is brought onto each comparison's baseline grid
 by linear resampling of its indicator, > 0.25). A flagged candidate touching
 no abnormality is a false positive of its pair; one touching only the tissue
 that became CSF of enlarged ventricles is a true change counted apart (the
-ventricles are judged by the Jacobian). Sizes are equivalent-sphere
+ventricles are judged by the Jacobian). When the Jacobian flags ventricular
+enlargement, candidates marked ``ventricle_margin`` are attached to that
+finding and unflagged first, as the pipeline does
+(``mri_safety.change.volume_finding.link_ventricle_margin``). Sizes are equivalent-sphere
 diameters of the baseline-space truth label. Writes the section "Detection on
 synthetic studies" of benchmarks/results.md.
 """
@@ -48,6 +51,7 @@ from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
 from mri_safety.change.masks import arr, img_like  # noqa: E402
 from mri_safety.change.multicontrast import within_visit_from_extra  # noqa: E402
+from mri_safety.change.volume_finding import link_ventricle_margin  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
 from mri_safety.preprocess.masks import brain_masks  # noqa: E402
@@ -98,12 +102,14 @@ def _bin(d: float, bins: tuple[tuple[float, float], ...] = SIZE_BINS) -> str:
     return "<2 mm"
 
 
-def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
-    """Scores of one study; ``tag`` prefixes its patient ids in the lists."""
+def evaluate(study: Path, tag: str = "", only: set[str] | None = None) -> dict[str, Any]:
+    """Scores of one study; ``tag`` prefixes its patient ids in the lists; ``only``:
+    ``PATIENT:VISIT`` names of the follow-ups to score (default all)."""
     found_by_type: dict[str, list[bool]] = defaultdict(list)
     found_by_size: dict[str, list[bool]] = defaultdict(list)
     fp_pairs: list[tuple[str, int]] = []
     vent_pairs: list[tuple[str, int]] = []  # flagged candidates on enlarged ventricles
+    linked_on: dict[str, int] = defaultdict(int)  # candidates linked to the enlargement finding
     nochange_flagged: list[tuple[str, int]] = []
     missed: list[str] = []
     seconds: list[float] = []
@@ -113,6 +119,8 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
         pid = f"{tag}{t['patient_id']}"
         for v in t["visits"][1:]:
             vname, ids = v["name"], list(v["new_abnormality_ids"])
+            if only and f"{t['patient_id']}:{vname}" not in only:
+                continue
             kinds = {i: t["abnormalities"][i - 1]["kind"] for i in ids}
             brain_lab = _load(gt / vname / "labels_baseline.nii.gz")
             spine_lab = _load(gt / vname / "spine_labels_baseline.nii.gz")
@@ -120,6 +128,16 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
             hit: set[tuple[str, int]] = set()
             best: dict[tuple[str, int], tuple[float, str]] = {}  # largest |z| in the truth
             n_flag_visit = 0
+            # ventricular enlargement: Jacobian on the T1w pair, true transform
+            b1 = _load(gt / "baseline" / "volumes" / "T1w.nii.gz")
+            f1 = _load(gt / vname / "volumes" / "T1w.nii.gz")
+            tx = sitk.ReadTransform(str(gt / vname / "followup_to_baseline.tfm"))
+            b1, _ = n4_correct(b1)
+            f1, _ = n4_correct(f1)
+            brain = arr(brain_masks(b1).brain) > 0
+            vmask = ventricle_mask(arr(b1), brain, tuple(b1.GetSpacing()), "dark")
+            vc = volume_change(b1, sitk.Resample(f1, b1, tx, sitk.sitkLinear, 0.0), brain, vmask)
+            n_flag_visit += int(vc.ventricular_enlargement)
             for kind, (contrast, region) in PAIRS.items():
                 b = _load(gt / "baseline" / "volumes" / f"{kind}.nii.gz")
                 f = _load(gt / vname / "volumes" / f"{kind}.nii.gz")
@@ -131,6 +149,10 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
                 res = detect_pair(b, f, contrast=contrast, region=region, extra=extra,
                                   within=within)
                 seconds.append(time.perf_counter() - t0)
+                # as the pipeline does: with a flagged ventricular enlargement, candidates on
+                # tissue that became ventricular CSF are attached to it, not flagged one by one
+                linked = (link_ventricle_margin(res.candidates, "ventricles")
+                          if vc.ventricular_enlargement and region == "brain" else [])
                 lab_img, tids = ((spine_lab, spine_ids) if region == "spine"
                                  else (brain_lab, [i for i in ids if kinds[i] != "ventricles"]))
                 truth = _truth_on(lab_img, tids, b)
@@ -144,6 +166,13 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
                         best[(region, i)] = (zi, kind)
                 fp = n_vent = 0
                 for c in res.candidates:
+                    if c["id"] in linked:  # what the linked candidates lie on
+                        near = ndi.binary_dilation(res.labels == c["id"], np.ones((3, 3, 3), bool))
+                        on = ("abnormality" if any(np.any(m & near) for m in truth.values())
+                              else "new ventricular CSF" if any(np.any(m & near)
+                                                                for m in vent.values())
+                              else "elsewhere")
+                        linked_on[on] += 1
                     if not c["flagged"]:
                         continue
                     n_flag_visit += 1
@@ -156,16 +185,6 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
                 fp_pairs.append((f"{pid} {vname} {kind}", fp))
                 if n_vent:
                     vent_pairs.append((f"{pid} {vname} {kind}", n_vent))
-            # ventricular enlargement: Jacobian on the T1w pair, true transform
-            b1 = _load(gt / "baseline" / "volumes" / "T1w.nii.gz")
-            f1 = _load(gt / vname / "volumes" / "T1w.nii.gz")
-            tx = sitk.ReadTransform(str(gt / vname / "followup_to_baseline.tfm"))
-            b1, _ = n4_correct(b1)
-            f1, _ = n4_correct(f1)
-            brain = arr(brain_masks(b1).brain) > 0
-            vent = ventricle_mask(arr(b1), brain, tuple(b1.GetSpacing()), "dark")
-            vc = volume_change(b1, sitk.Resample(f1, b1, tx, sitk.sitkLinear, 0.0), brain, vent)
-            n_flag_visit += int(vc.ventricular_enlargement)
             for i in ids:
                 k = kinds[i]
                 ok = (vc.ventricular_enlargement if k == "ventricles"
@@ -188,7 +207,7 @@ def evaluate(study: Path, tag: str = "") -> dict[str, Any]:
             if not ids and not spine_ids:
                 nochange_flagged.append((f"{pid} {vname}", n_flag_visit))
     return {"by_type": found_by_type, "by_size": found_by_size, "fp_pairs": fp_pairs,
-            "vent_pairs": vent_pairs,
+            "vent_pairs": vent_pairs, "linked_on": dict(linked_on),
             "nochange": nochange_flagged, "missed": missed, "seconds": seconds}
 
 
@@ -209,6 +228,10 @@ def _table(r: dict[str, Any], cmd: str) -> str:
         lines += ["Flagged candidates on the tissue that became CSF of enlarged ventricles "
                   "(true changes, counted neither as found nor as false positives): "
                   + ", ".join(f"{p} ({n})" for p, n in r["vent_pairs"]) + ".", ""]
+    if r["linked_on"]:
+        lines += ["Candidates attached to a flagged ventricular-enlargement finding (tissue that"
+                  " became ventricular CSF; unflagged, as in the pipeline), by what they lie on: "
+                  + ", ".join(f"{k} {n}" for k, n in sorted(r["linked_on"].items())) + ".", ""]
     if r["nochange"]:
         lines.append("Follow-ups without any new abnormality (atrophy only): " + ", ".join(
             f"{p}: {n} flagged" for p, n in r["nochange"]) + " (bar: 0).")
@@ -229,6 +252,9 @@ def _merge(rs: list[dict[str, Any]]) -> dict[str, Any]:
                 out[key][k] += v
         for key in ("fp_pairs", "vent_pairs", "nochange", "missed", "seconds"):
             out.setdefault(key, []).extend(r[key])
+        for k, n in r["linked_on"].items():
+            out.setdefault("linked_on", defaultdict(int))[k] += n
+    out.setdefault("linked_on", {})
     return out
 
 
@@ -239,6 +265,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7])
     ap.add_argument("--no-write", dest="write", action="store_false")
+    ap.add_argument("--only", nargs="+", default=None, metavar="PATIENT:VISIT",
+                    help="score only these follow-ups (a check; implies --no-write)")
     a = ap.parse_args()
     studies = a.study
     if studies is None:
@@ -247,7 +275,8 @@ def main() -> None:
         studies = [synth_main(Path(tempfile.mkdtemp(prefix=f"detect_synth_{s}_")), a.patients,
                               s, "small") for s in a.seeds]
     tags = ([f"{s.name}:" for s in studies] if a.study else [f"s{s}:" for s in a.seeds])
-    r = _merge([evaluate(s, tag) for s, tag in zip(studies, tags, strict=True)])
+    only = set(a.only) if a.only else None
+    r = _merge([evaluate(s, tag, only) for s, tag in zip(studies, tags, strict=True)])
     if a.study:
         seeds = sorted({json.loads(tj.read_text())["seed"] for s in studies
                         for tj in (s / "ground_truth").glob("*/truth.json")})
@@ -260,7 +289,7 @@ def main() -> None:
            " of the visit within one voxel.")
     body = _table(r, cmd)
     print(body)
-    if a.write:
+    if a.write and not only:
         write_section("Detection on synthetic studies (issue 5)", body)
 
 

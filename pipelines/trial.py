@@ -883,6 +883,31 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
                 if any(s.visit == visit for s in f.sightings))
 
 
+def _link_ventricle_margin(v: dict[str, Any]) -> None:
+    """Attach a visit's ``ventricle_margin`` brain candidates (tissue that became
+    ventricular CSF) to its flagged ventricular-enlargement finding
+    (:func:`mri_safety.change.volume_finding.link_ventricle_margin`): they are
+    unflagged, carry ``linked_to``, and the finding lists them under
+    ``linked_candidates`` (comparison and candidate ids). Nothing changes
+    when the visit has no flagged enlargement."""
+    from mri_safety.change.volume_finding import link_ventricle_margin
+
+    found = [x for e in v.get("volume_change", []) for x in e.get("candidates", [])
+             if x.get("flagged") and x.get("type") == "ventricular_enlargement"]
+    if not found:
+        return
+    finding = found[0]
+    for entry in v["comparisons"]:
+        if entry.get("region") != "brain" or not entry.get("candidates"):
+            continue
+        ids = link_ventricle_margin(entry["candidates"], str(finding["finding_id"]))
+        if ids:
+            v["n_flagged"] -= len(ids)
+            finding.setdefault("linked_candidates", []).append({
+                "comparison": f"{entry['followup_name']} vs {entry['baseline_name']}",
+                "kind": entry.get("kind"), "candidate_ids": ids})
+
+
 def _write_visit_summaries(
     out: Path,
     rows: list[SeriesReport],
@@ -933,6 +958,8 @@ def _write_visit_summaries(
         ventry = volume_entry(pair, vres, out)
         v.setdefault("volume_change", []).append(ventry)
         v["n_flagged"] += sum(1 for c in ventry.get("candidates", []) if c.get("flagged"))
+    for v in visits.values():
+        _link_ventricle_margin(v)
     _track_findings(visits, out)
     for (subject, visit), v in sorted(visits.items()):
         problems = (v["not_assessable"] or any(c.get("error") for c in v["comparisons"])

@@ -415,3 +415,50 @@ def test_dark_focus_found_in_bright_grey_matter_and_needs_hypointensity(tmp_path
     z: Any = nib.load(str(tmp_path / "out" / "zmap.nii.gz"))
     assert float(np.asarray(z.dataobj)[fade].min()) < -doc["parameters"]["z_review"]
     assert not np.any(np.isin(labels[fade], [c["id"] for c in flagged]))
+
+
+def test_ventricle_margin_marks_new_csf_rim_not_a_new_lesion(tmp_path: Path) -> None:
+    """T1w: ventricles grown by 2 voxels at follow-up (tissue 100 -> CSF 20) and a new
+    dark lesion (0.55 x tissue) in white matter far from them. Flagged candidates on
+    the new CSF rim are marked ``ventricle_margin``; the lesion's candidate is flagged
+    and not marked; linking to a ventricular finding unflags only the rim ones."""
+    from mri_safety.change.volume_finding import link_ventricle_margin
+
+    rng = np.random.default_rng(5)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    g = np.indices(shape).astype(float)
+    c = [(s - 1) / 2 for s in shape]
+
+    def vent(a: float, b: float, d: float) -> np.ndarray:
+        return (((g[0] - c[0]) / a) ** 2 + ((g[1] - c[1]) / b) ** 2  # type: ignore[no-any-return]
+                + ((g[2] - c[2]) / d) ** 2) <= 1
+
+    fu = head.copy()
+    rim = vent(6, 12, 7) & ~vent(4, 10, 5)
+    fu[rim] = 20.0 + (head[rim] - 100.0) * 0.1               # tissue became CSF
+    lesion = _ball(shape, (50, 25, 30), 3.0)
+    fu[lesion] *= 0.55
+    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
+    paths = []
+    for name, img in (("base", head), ("fu", fu)):
+        p = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
+                 str(p))
+        paths.append(p)
+    doc = compare_main(paths[0], paths[1], tmp_path / "out", "brain", "t1w", None)
+    lab: Any = nib.load(str(tmp_path / "out" / "candidates.nii.gz"))
+    labels = np.asarray(lab.dataobj)
+    near_rim = ndi.binary_dilation(rim, iterations=2)
+    flagged = [x for x in doc["candidates"] if x["flagged"]]
+    on_lesion = [x for x in flagged if np.any((labels == x["id"]) & lesion)]
+    on_rim = [x for x in flagged if np.any((labels == x["id"]) & rim)]
+    assert len(on_lesion) == 1 and not on_lesion[0]["ventricle_margin"], doc["candidates"]
+    assert on_rim and all(x["ventricle_margin"] for x in on_rim), on_rim
+    for x in doc["candidates"]:  # marked ones lie on the grown ventricles
+        if x["ventricle_margin"]:
+            share = float(near_rim[labels == x["id"]].mean())
+            assert share > 0.9 and x["sign"] == -1, (x, share)
+    ids = link_ventricle_margin(doc["candidates"], "brain-ventricles-vs-baseline")
+    assert sorted(ids) == sorted(x["id"] for x in on_rim)
+    assert [x["id"] for x in doc["candidates"] if x["flagged"]] == [on_lesion[0]["id"]]

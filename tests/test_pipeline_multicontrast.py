@@ -145,6 +145,43 @@ def test_ventricular_candidate_and_report_rows() -> None:
     assert quiet["flagged"] == [] and len(quiet["morphometry"]) == 2
 
 
+def test_ventricle_margin_candidates_linked_to_flagged_enlargement() -> None:
+    """A visit with flagged ventricular enlargement: its brain candidates marked
+    ``ventricle_margin`` are unflagged and listed under the finding (n_flagged
+    drops by as many); others stay flagged. Without a flagged enlargement
+    nothing changes (the margin candidates may be the only sign of it)."""
+    from pipelines.trial import _link_ventricle_margin
+
+    def comparison() -> dict[str, Any]:
+        return {"region": "brain", "kind": "baseline", "contrast": "t1w",
+                "baseline_name": "b_T1w.nii.gz", "followup_name": "f_T1w.nii.gz",
+                "candidates": [
+                    {"id": 1, "flagged": True, "ventricle_margin": False, "reasons": []},
+                    {"id": 2, "flagged": True, "ventricle_margin": True, "reasons": []},
+                    {"id": 3, "flagged": False, "ventricle_margin": True, "reasons": []}]}
+
+    s = _volume_summary(True)
+    s["comparisons"] = [comparison()]
+    s["n_flagged"] += 2
+    _link_ventricle_margin(s)
+    cands = s["comparisons"][0]["candidates"]
+    assert [c["flagged"] for c in cands] == [True, False, False]
+    assert cands[1]["linked_to"] == "brain-ventricles-vs-baseline" and "linked_to" not in cands[2]
+    assert s["n_flagged"] == 2  # the enlargement and candidate 1
+    (finding,) = s["volume_change"][0]["candidates"]
+    assert finding["linked_candidates"] == [{"comparison": "f_T1w.nii.gz vs b_T1w.nii.gz",
+                                             "kind": "baseline", "candidate_ids": [2]}]
+    row = next(r for r in build_visit_context(s)["flagged"]
+               if r["type"] == "ventricular enlargement")
+    assert "1 candidate(s)" in row["note"] and "f_T1w.nii.gz vs b_T1w.nii.gz: #2" in row["note"]
+    quiet = _volume_summary(False)
+    quiet["comparisons"] = [comparison()]
+    quiet["n_flagged"] = 2
+    _link_ventricle_margin(quiet)
+    assert [c["flagged"] for c in quiet["comparisons"][0]["candidates"]] == [True, True, False]
+    assert quiet["n_flagged"] == 2
+
+
 def test_failed_volume_stage_is_an_entry_with_its_error(tmp_path: Path) -> None:
     """A volume stage that raised is recorded in the visit summary (and shown in
     the report) with the series named; it does not stop the visit."""
@@ -246,6 +283,14 @@ def test_pipeline_volume_change_flags_ventricles(run3: tuple[Path, Any, dict[str
     assert manifest["parameters"]["params"]["ventricle_min_pct"] == 10.0
     n_comp = sum(1 for c in doc["comparisons"] for x in c["candidates"] if x["flagged"])
     assert doc["n_flagged"] == n_comp + 1
+    # T1w decreases on tissue that became ventricular CSF are listed under the finding
+    t1w = next(c for c in doc["comparisons"] if c["contrast"] == "t1w")
+    linked = [x for x in t1w["candidates"] if x.get("linked_to")]
+    assert linked and all(not x["flagged"] and x["ventricle_margin"] and x["sign"] == -1
+                          and x["linked_to"] == "brain-ventricles-vs-baseline" for x in linked)
+    assert cand["linked_candidates"][0]["candidate_ids"] == [x["id"] for x in linked]
+    assert not any(x["flagged"] and x.get("ventricle_margin") for c in doc["comparisons"]
+                   for x in c["candidates"])
     assert doc["status"] == "candidates flagged"
     html = next((out / "reports").glob("*/ses-M2/report.html")).read_text()
     assert "ventricle volume change vs baseline (Jacobian)" in html

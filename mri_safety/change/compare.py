@@ -12,8 +12,8 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    acquisition is degraded to the coarser profile; the effective resolution is
    recorded (reduced sensitivity for lesions smaller than it);
 4. follow-up resampled on the baseline grid, both smoothed at the lesion scale,
-   intensity-normalised (linear fit of brain quantiles, then divided by the
-   baseline tissue median);
+   intensity-normalised (robust Theil-Sen line through brain-tissue quantile
+   pairs, then divided by the baseline tissue median);
 5. difference, low-frequency offset removal, noise model
    ``var = s0^2 + (delta * |grad|)^2`` (:mod:`mri_safety.change.zmap`), z-map;
 6. hysteresis + 26-connected components + minimum volume (mm3 and resolution
@@ -25,7 +25,9 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    adjacent opposite-sign candidate and for baseline-edge-dominated noise); score =
    logistic(evidence - z_review) in [0, 1]; ``flagged`` when score >= 0.5 and
    the sign is a reportable finding for the contrast. ``z_review`` is a
-   Bonferroni threshold over resolution elements at ``review_fwe_alpha``.
+   Bonferroni threshold over resolution elements at ``review_fwe_alpha``;
+8. T1w/FLAIR/T2w brain candidates mostly on tissue that became ventricular CSF
+   get ``ventricle_margin`` (:mod:`mri_safety.change.volume_finding`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
+from scipy.stats import theilslopes
 
 from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
@@ -53,6 +56,12 @@ from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, wit
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.change.resolution import match_profiles
 from mri_safety.change.spine import SpineRegions, describe, fit_regions, spine_regions
+from mri_safety.change.volume_finding import (
+    CSF_GAIN_SIGN,
+    MARGIN_FRACTION,
+    margin_fraction,
+    new_ventricular_csf,
+)
 from mri_safety.change.zmap import (
     combine_z,
     gradient_magnitude,
@@ -259,7 +268,12 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     qs = np.linspace(5, 95, 19)
     qb = np.percentile(b[tissue], qs)
     qf = np.percentile(f[tissue], qs)
-    slope, icpt = np.polyfit(qf, qb, 1)
+    # robust line through the quantile pairs (Theil-Sen: median of pairwise slopes): a
+    # true change covering a few % of the tissue (grown ventricles, a large infarct) moves
+    # the outer quantiles of the follow-up; a least-squares line follows them, mis-scales
+    # all tissue and hides changes elsewhere (measured: 4 % of tissue turned to CSF raised
+    # the noise SD 6-fold in tests/test_change.py's ventricle phantom)
+    slope, icpt, _, _ = theilslopes(qb, qf)
     f = (slope * f + icpt).astype(np.float32)
     scale = float(np.median(b[norm]))
     b = (b / scale).astype(np.float32)
@@ -483,8 +497,14 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         # within dipole_mm or in a neighbouring voxel (thick slices are further apart)
         near[sgn] = (dilate_mm(m3, p.dipole_mm, sp)
                      | ndi.binary_dilation(m3, structure=np.ones((3, 3, 3), bool))).ravel()
+    # tissue that became ventricular CSF (enlarged ventricles): candidates mostly there are
+    # marked, for the pipeline to attach to a flagged ventricular-enlargement finding
+    grown = (new_ventricular_csf(zp.base, zp.fu, zp.parenchyma, (sp[0], sp[1], sp[2]), c)
+             if sctx is None and c in CSF_GAIN_SIGN else None)
     for comp in comps:
         ctype, reportable = FINDINGS[c][comp.sign]
+        vfrac = (margin_fraction(comp.voxels, grown)
+                 if grown is not None and comp.sign == CSF_GAIN_SIGN[c] else 0.0)
         loc = _location(comp, zp.parenchyma, depth, aff, region)
         inside = np.asarray(zp.parenchyma.ravel()[comp.voxels], bool)
         extra_axial = float(inside.mean()) < 0.5
@@ -527,6 +547,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         if not reportable and sctx is None:
             reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
                            if extra_axial else f"sign not reported as a finding for {c}")
+        if vfrac >= MARGIN_FRACTION:
+            reasons.append(f"{100 * vfrac:.0f}% on tissue that became ventricular CSF "
+                           "(ventricular-enlargement pattern)")
         if reg_status == "fail":
             reasons.append("registration failed: candidates not reliable")
         score = float(1.0 / (1.0 + np.exp(-1.5 * (evidence - z_review))))
@@ -541,6 +564,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             "sign": comp.sign,
             "location": loc,
             "contrasts": contrasts, "reasons": reasons,
+            "ventricle_margin": bool(vfrac >= MARGIN_FRACTION),
         })
     order = sorted(range(len(cands)), key=lambda i: (-cands[i]["score"], -cands[i]["evidence_z"],
                                                       cands[i]["centroid_baseline_voxel"]))

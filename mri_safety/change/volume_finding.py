@@ -15,6 +15,27 @@ Score (0..1, 0.5 at the reporting limit, as for lesion candidates)::
 
 with ``limit_pct = atrophy allowance + ventricle_min_pct`` and
 ``SCORE_SCALE_PCT`` = 5 %: 5 % above the limit scores 0.73, 10 % above 0.88.
+
+Enlarged ventricles also show in the per-contrast difference maps: tissue
+at the ventricle margin that became CSF is darker on T1w and FLAIR and
+brighter on T2w, and each such rim gives a candidate. They are true changes,
+but one finding (the ventricular system), not many.
+:func:`new_ventricular_csf` marks the voxels that are ventricular CSF at
+follow-up and not at baseline (the ventricle rule of
+:func:`mri_safety.morphometry.volumes.ventricle_mask` applied to each visit on
+the baseline grid); :mod:`mri_safety.change.compare` records, per candidate of
+the CSF-gain sign, whether most of it lies there (``ventricle_margin``).
+:func:`link_ventricle_margin` then attaches those candidates to a flagged
+ventricular-enlargement finding of the same visit: they are listed under it
+and no longer flagged one by one. Without a flagged finding they stay flagged
+(the Jacobian underestimates sharp growth, so they may be the only sign).
+
+>>> cands = [{"id": 3, "flagged": True, "ventricle_margin": True, "reasons": []},
+...          {"id": 4, "flagged": True, "ventricle_margin": False, "reasons": []}]
+>>> link_ventricle_margin(cands, "brain-ventricles-vs-baseline")
+[3]
+>>> [(c["flagged"], c.get("linked_to")) for c in cands]
+[(False, 'brain-ventricles-vs-baseline'), (True, None)]
 """
 
 from __future__ import annotations
@@ -22,8 +43,78 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from mri_safety.morphometry.volumes import ventricle_mask
+
 #: percent of ventricle growth per logistic unit of the score
 SCORE_SCALE_PCT = 5.0
+#: sign of the change where tissue becomes CSF, per contrast (CSF dark on T1w and FLAIR,
+#: bright on T2w); other contrasts get no ventricle-margin test
+CSF_GAIN_SIGN: dict[str, int] = {"t1w": -1, "flair": -1, "t2w": 1}
+#: share of a candidate's voxels on new ventricular CSF (grown by one voxel) that makes it a
+#: ventricle-margin candidate: most of it, so that a lesion merely touching the rim is not
+MARGIN_FRACTION = 0.5
+
+
+def new_ventricular_csf(base: NDArray[np.floating], fu: NDArray[np.floating],
+                        brain: NDArray[np.bool_], spacing_mm: tuple[float, float, float],
+                        contrast: str) -> NDArray[np.bool_]:
+    """Voxels that are ventricular CSF at follow-up but not at baseline.
+
+    ``base``, ``fu``: baseline and follow-up intensities on the baseline grid
+    (any scale: the ventricle rule takes its level from each image's own
+    brain core); ``brain``: baseline brain mask (parenchyma + ventricles);
+    ``spacing_mm``: voxel edges in array axis order; ``contrast``: a key of
+    :data:`CSF_GAIN_SIGN`. Returns a bool array of the same shape (all False
+    for an empty brain mask), grown by one voxel (26-neighbourhood) to take
+    in the partial-volumed rim and the smoothing of the z-map.
+
+    >>> b = np.ones((40, 40, 40)); b[16:24, 16:24, 16:24] = 0.1
+    >>> f = b.copy(); f[14:26, 16:24, 16:24] = 0.1   # ventricle grown by 2 voxels
+    >>> m = np.zeros(b.shape, bool); m[4:36, 4:36, 4:36] = True
+    >>> grown = new_ventricular_csf(b, f, m, (1.0, 1.0, 1.0), "t1w")
+    >>> bool(grown[14, 20, 20]), bool(grown[20, 20, 20]), bool(grown[10, 20, 20])
+    (True, False, False)
+    """
+    if contrast not in CSF_GAIN_SIGN:
+        raise ValueError(f"no ventricle rule for contrast {contrast!r}")
+    brain = np.asarray(brain, bool)
+    if not brain.any():
+        return np.zeros(brain.shape, bool)
+    csf = "dark" if CSF_GAIN_SIGN[contrast] < 0 else "bright"
+    vb = ventricle_mask(base, brain, spacing_mm, csf)  # type: ignore[arg-type]
+    vf = ventricle_mask(fu, brain, spacing_mm, csf)  # type: ignore[arg-type]
+    grown = vf & ~vb
+    return np.asarray(ndi.binary_dilation(grown, structure=np.ones((3, 3, 3), bool)))
+
+
+def margin_fraction(voxels: NDArray[np.int64], grown: NDArray[np.bool_]) -> float:
+    """Share (0..1) of a candidate's voxels (flat indices into ``grown``) that
+    lie on new ventricular CSF (:func:`new_ventricular_csf`)."""
+    if voxels.size == 0:
+        return 0.0
+    return float(np.asarray(grown.ravel()[voxels], bool).mean())
+
+
+def link_ventricle_margin(candidates: list[dict[str, Any]], finding_id: str) -> list[int]:
+    """Attach the flagged ``ventricle_margin`` candidates to a flagged
+    ventricular-enlargement finding (``finding_id``): each gets
+    ``flagged`` False, ``linked_to`` the finding and a reason. Changes
+    ``candidates`` in place; returns the ids linked, in list order. Call it
+    only when the visit's ventricular-enlargement finding is flagged."""
+    linked: list[int] = []
+    for c in candidates:
+        if c.get("flagged") and c.get("ventricle_margin"):
+            c["flagged"] = False
+            c["linked_to"] = finding_id
+            c.setdefault("reasons", []).append(
+                f"on tissue that became ventricular CSF: part of the ventricular-enlargement "
+                f"finding {finding_id}, listed under it instead of flagged on its own")
+            linked.append(int(c["id"]))
+    return linked
 
 
 def ventricular_candidate(vc: dict[str, Any], ventricle_min_pct: float) -> dict[str, Any] | None:

@@ -55,6 +55,8 @@ def volume_change_candidates(summary: Mapping[str, Any]) -> list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     for e in summary.get("volume_change", []) or []:
         for x in e.get("candidates", []) or []:
+            linked = x.get("linked_candidates") or []
+            n_linked = sum(len(li.get("candidate_ids", [])) for li in linked)
             out.append({
                 "finding_id": str(x.get("finding_id") or f"brain-ventricles-vs-"
                                   f"{e.get('reference_visit')}"),
@@ -67,6 +69,12 @@ def volume_change_candidates(summary: Mapping[str, Any]) -> list[dict[str, Any]]
                 "reasons": [str(r) for r in x.get("reasons", [])],
                 "montage": None, "montage_missing": False,
                 "note": "No picture: a measurement of the whole ventricular system (see the "
-                        "volume change rows under Across visits).",
+                        "volume change rows under Across visits)."
+                        + (f" {n_linked} candidate(s) on tissue that became ventricular CSF "
+                           "are listed under this finding (unflagged rows naming it): "
+                           + "; ".join(f"{li.get('comparison')}: "
+                                       + ", ".join(f"#{i}" for i in li.get("candidate_ids", []))
+                                       for li in linked) + "."
+                           if n_linked else ""),
             })
     return out
