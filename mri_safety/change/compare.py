@@ -12,8 +12,9 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    acquisition is degraded to the coarser profile; the effective resolution is
    recorded (reduced sensitivity for lesions smaller than it);
 4. follow-up resampled on the baseline grid, both smoothed at the lesion scale,
-   intensity-normalised (robust Theil-Sen line through brain-tissue quantile
-   pairs, then divided by the baseline tissue median);
+   intensity-normalised (line through brain-tissue quantile pairs, refitted
+   without voxels of large change: :func:`~mri_safety.change.zmap.match_intensity`;
+   then divided by the baseline tissue median);
 5. difference, low-frequency offset removal, noise model
    ``var = s0^2 + (delta * |grad|)^2`` (:mod:`mri_safety.change.zmap`), z-map;
 6. hysteresis + 26-connected components + minimum volume (mm3 and resolution
@@ -48,7 +49,6 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
-from scipy.stats import theilslopes
 
 from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
@@ -66,6 +66,7 @@ from mri_safety.change.zmap import (
     combine_z,
     gradient_magnitude,
     local_robust_sd,
+    match_intensity,
     noise_model,
     remove_low_frequency,
     review_threshold,
@@ -265,15 +266,8 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     else:
         search, tissue, norm = fit_regions(spine, covered)
         brain, mask_method = spine.cord, spine.method
-    qs = np.linspace(5, 95, 19)
-    qb = np.percentile(b[tissue], qs)
-    qf = np.percentile(f[tissue], qs)
-    # robust line through the quantile pairs (Theil-Sen: median of pairwise slopes): a
-    # true change covering a few % of the tissue (grown ventricles, a large infarct) moves
-    # the outer quantiles of the follow-up; a least-squares line follows them, mis-scales
-    # all tissue and hides changes elsewhere (measured: 4 % of tissue turned to CSF raised
-    # the noise SD 6-fold in tests/test_change.py's ventricle phantom)
-    slope, icpt, _, _ = theilslopes(qb, qf)
+    # follow-up intensities onto the baseline's, leaving out voxels of large true change
+    slope, icpt = match_intensity(f, b, tissue)
     f = (slope * f + icpt).astype(np.float32)
     scale = float(np.median(b[norm]))
     b = (b / scale).astype(np.float32)
