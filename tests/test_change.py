@@ -464,3 +464,56 @@ def test_ventricle_margin_marks_new_csf_rim_not_a_new_lesion(tmp_path: Path) -> 
     ids = link_ventricle_margin(doc["candidates"], "brain-ventricles-vs-baseline")
     assert sorted(ids) == sorted(x["id"] for x in on_rim)
     assert [x["id"] for x in doc["candidates"] if x["flagged"]] == [on_lesion[0]["id"]]
+
+
+@pytest.mark.parametrize("mass", [False, True])
+def test_ventricle_margin_not_given_to_a_mass_beside_enlarged_ventricles(
+        tmp_path: Path, mass: bool) -> None:
+    """T2w pooled with FLAIR (as the pipeline compares them): ventricles grown by 2
+    voxels (tissue -> CSF: brighter on T2w, darker on FLAIR). Without anything else the
+    rim's candidate is marked ``ventricle_margin``; with a new mass abutting the grown
+    ventricles (1.7 x tissue on T2w, 1.6 x on FLAIR) the candidate that takes in the
+    mass is flagged and not marked, whatever share of it lies on the rim, so that
+    linking to a ventricular-enlargement finding can never hide it."""
+    rng = np.random.default_rng(5)
+    shape = (72, 80, 64)
+    flair = _synthetic_head(shape, rng)
+    g = np.indices(shape).astype(float)
+    c = [(s - 1) / 2 for s in shape]
+
+    def vent(a: float, b: float, d: float) -> np.ndarray:
+        return (((g[0] - c[0]) / a) ** 2 + ((g[1] - c[1]) / b) ** 2  # type: ignore[no-any-return]
+                + ((g[2] - c[2]) / d) ** 2) <= 1
+
+    v0, grown = vent(4, 10, 5), vent(6, 12, 7)
+    rim = grown & ~v0
+    blob = _ball(shape, (c[0], c[1], c[2] + 10.5), 4.0) & ~grown   # touches the grown rim
+    t2 = flair.copy()
+    t2[v0] = 250.0 + (flair[v0] - 20.0)                             # CSF bright on T2w
+    t2f, flf = t2.copy(), flair.copy()
+    t2f[rim] = 250.0 + (flair[rim] - 100.0) * 0.1
+    flf[rim] = 20.0 + (flair[rim] - 100.0) * 0.1
+    if mass:
+        t2f[blob] *= 1.7
+        flf[blob] *= 1.6
+    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
+    paths = []
+    for name, img in (("t2b", t2), ("t2f", t2f), ("flb", flair), ("flf", flf)):
+        p = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
+                 str(p))
+        paths.append(p)
+    doc = compare_main(paths[0], paths[1], tmp_path / "out", "brain", "t2w",
+                       [(paths[2], paths[3], "flair")])
+    lab: Any = nib.load(str(tmp_path / "out" / "candidates.nii.gz"))
+    labels = np.asarray(lab.dataobj)
+    on_rim = [x for x in doc["candidates"] if np.any((labels == x["id"]) & rim)]
+    on_mass = [x for x in doc["candidates"] if np.any((labels == x["id"]) & blob)]
+    assert on_rim, doc["candidates"]
+    if not mass:
+        assert all(x["ventricle_margin"] for x in on_rim if x["flagged"]), on_rim
+    else:
+        assert on_mass and all(x["flagged"] and not x["ventricle_margin"] for x in on_mass), \
+            on_mass
+        assert any("not attached to a ventricular enlargement" in r
+                   for x in on_mass for r in x["reasons"]), on_mass

@@ -28,7 +28,9 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    the sign is a reportable finding for the contrast. ``z_review`` is a
    Bonferroni threshold over resolution elements at ``review_fwe_alpha``;
 8. T1w/FLAIR/T2w brain candidates mostly on tissue that became ventricular CSF
-   get ``ventricle_margin`` (:mod:`mri_safety.change.volume_finding`).
+   (contiguous with the baseline ventricles, not contradicted by an extra
+   contrast that changed the other way) get ``ventricle_margin``
+   (:mod:`mri_safety.change.volume_finding`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from mri_safety.change.spine import SpineRegions, describe, fit_regions, spine_r
 from mri_safety.change.volume_finding import (
     CSF_GAIN_SIGN,
     MARGIN_FRACTION,
+    csf_contradicted,
+    largest_piece,
     margin_fraction,
     new_ventricular_csf,
 )
@@ -493,8 +497,12 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                      | ndi.binary_dilation(m3, structure=np.ones((3, 3, 3), bool))).ravel()
     # tissue that became ventricular CSF (enlarged ventricles): candidates mostly there are
     # marked, for the pipeline to attach to a flagged ventricular-enlargement finding
-    grown = (new_ventricular_csf(zp.base, zp.fu, zp.parenchyma, (sp[0], sp[1], sp[2]), c)
+    sp3 = (float(sp[0]), float(sp[1]), float(sp[2]))
+    grown = (new_ventricular_csf(zp.base, zp.fu, zp.parenchyma, sp3, c)
              if sctx is None and c in CSF_GAIN_SIGN else None)
+    # ... less the voxels where another contrast changed the way CSF cannot
+    against = csf_contradicted(dict(extra_z), p.extra_contrast_z) if grown is not None else None
+    on_csf = grown & ~against if grown is not None and against is not None else grown
     for comp in comps:
         ctype, reportable = FINDINGS[c][comp.sign]
         vfrac = (margin_fraction(comp.voxels, grown)
@@ -541,6 +549,20 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         if not reportable and sctx is None:
             reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
                            if extra_axial else f"sign not reported as a finding for {c}")
+        if vfrac >= MARGIN_FRACTION and against is not None and on_csf is not None:
+            # CSF is CSF on every contrast: where another contrast changed the other way
+            # (a mass bright on T2w and on FLAIR, where new CSF is dark) it is tissue. A
+            # mass beside the ventricles can merge with their rim into one component, so
+            # such a part of candidate size keeps the whole candidate apart
+            vfrac = margin_fraction(comp.voxels, on_csf)
+            piece_mm3, piece_z = largest_piece(comp.voxels, against, z_used, sp3)
+            if vfrac < MARGIN_FRACTION or (piece_mm3 >= min_vol and piece_z >= z_review):
+                names = ", ".join(nm for nm, _ in extra_z if nm in CSF_GAIN_SIGN)
+                reasons.append(
+                    f"on what the {c} ventricle rule takes for new ventricular CSF, but "
+                    f"{names} changed the other way on {piece_mm3:.0f} mm3 of it (peak z "
+                    f"{piece_z:.1f}): not CSF, not attached to a ventricular enlargement")
+                vfrac = 0.0
         if vfrac >= MARGIN_FRACTION:
             reasons.append(f"{100 * vfrac:.0f}% on tissue that became ventricular CSF "
                            "(ventricular-enlargement pattern)")

@@ -23,8 +23,15 @@ but one finding (the ventricular system), not many.
 :func:`new_ventricular_csf` marks the voxels that are ventricular CSF at
 follow-up and not at baseline (the ventricle rule of
 :func:`mri_safety.morphometry.volumes.ventricle_mask` applied to each visit on
-the baseline grid); :mod:`mri_safety.change.compare` records, per candidate of
-the CSF-gain sign, whether most of it lies there (``ventricle_margin``).
+the baseline grid), contiguous with the baseline ventricles;
+:mod:`mri_safety.change.compare` records, per candidate of the CSF-gain sign,
+whether most of it lies there (``ventricle_margin``). CSF is CSF on every
+contrast: where another contrast of the pair changed the other way
+(:func:`csf_contradicted`, e.g. a mass bright on both T2w and FLAIR beside
+grown ventricles) the voxels are not new CSF, and a candidate holding such a
+piece of candidate size (:func:`largest_piece`) is not marked. A T1w
+comparison has no second contrast in the pipeline, so this check cannot help
+it.
 :func:`link_ventricle_margin` then attaches those candidates to a flagged
 ventricular-enlargement finding of the same visit: they are listed under it
 and no longer flagged one by one. Without a flagged finding they stay flagged
@@ -70,7 +77,10 @@ def new_ventricular_csf(base: NDArray[np.floating], fu: NDArray[np.floating],
     ``spacing_mm``: voxel edges in array axis order; ``contrast``: a key of
     :data:`CSF_GAIN_SIGN`. Returns a bool array of the same shape (all False
     for an empty brain mask), grown by one voxel (26-neighbourhood) to take
-    in the partial-volumed rim and the smoothing of the z-map.
+    in the partial-volumed rim and the smoothing of the z-map. Only growth
+    contiguous with the baseline ventricles counts: a new CSF-like island in
+    the central brain (a cyst, a lesion or mass as dark or bright as CSF on
+    this contrast) is not ventricular enlargement.
 
     >>> b = np.ones((40, 40, 40)); b[16:24, 16:24, 16:24] = 0.1
     >>> f = b.copy(); f[14:26, 16:24, 16:24] = 0.1   # ventricle grown by 2 voxels
@@ -78,6 +88,9 @@ def new_ventricular_csf(base: NDArray[np.floating], fu: NDArray[np.floating],
     >>> grown = new_ventricular_csf(b, f, m, (1.0, 1.0, 1.0), "t1w")
     >>> bool(grown[14, 20, 20]), bool(grown[20, 20, 20]), bool(grown[10, 20, 20])
     (True, False, False)
+    >>> f[17:23, 17:23, 26:29] = 0.1                  # a CSF-like island, apart
+    >>> bool(new_ventricular_csf(b, f, m, (1.0, 1.0, 1.0), "t1w")[20, 20, 27])
+    False
     """
     if contrast not in CSF_GAIN_SIGN:
         raise ValueError(f"no ventricle rule for contrast {contrast!r}")
@@ -87,8 +100,13 @@ def new_ventricular_csf(base: NDArray[np.floating], fu: NDArray[np.floating],
     csf = "dark" if CSF_GAIN_SIGN[contrast] < 0 else "bright"
     vb = ventricle_mask(base, brain, spacing_mm, csf)  # type: ignore[arg-type]
     vf = ventricle_mask(fu, brain, spacing_mm, csf)  # type: ignore[arg-type]
-    grown = vf & ~vb
-    return np.asarray(ndi.binary_dilation(grown, structure=np.ones((3, 3, 3), bool)))
+    # growth of the ventricles is contiguous with them: a CSF-like island that does not
+    # touch the baseline ventricles is something new (cyst, lesion, mass), not enlargement
+    box = np.ones((3, 3, 3), bool)
+    lab, n = ndi.label(vf & ~vb, structure=box)
+    touching = np.unique(lab[ndi.binary_dilation(vb, structure=box) & (lab > 0)])
+    grown = np.isin(lab, touching[touching > 0]) if n else np.zeros(vb.shape, bool)
+    return np.asarray(ndi.binary_dilation(grown, structure=box))
 
 
 def margin_fraction(voxels: NDArray[np.int64], grown: NDArray[np.bool_]) -> float:
@@ -97,6 +115,61 @@ def margin_fraction(voxels: NDArray[np.int64], grown: NDArray[np.bool_]) -> floa
     if voxels.size == 0:
         return 0.0
     return float(np.asarray(grown.ravel()[voxels], bool).mean())
+
+
+def csf_contradicted(extra_z: dict[str, NDArray[np.floating]], limit_z: float
+                     ) -> NDArray[np.bool_] | None:
+    """Voxels where another contrast changed the way CSF cannot.
+
+    ``extra_z``: signed z-maps of other contrasts of the same visits on the
+    main grid, keyed by contrast; only those with a ventricle rule
+    (:data:`CSF_GAIN_SIGN`) are used. A voxel is contradicted when a
+    contrast's z is at least ``limit_z`` in the direction opposite to CSF
+    gain (brighter on FLAIR or T1w, darker on T2w): tissue that became CSF
+    does that on no contrast, a mass or lesion bright on both T2w and FLAIR
+    does. Returns None when no contrast has a rule.
+
+    >>> z = {"flair": np.array([3.0, -4.0, 0.5]), "adc": np.array([9.0, 9.0, 9.0])}
+    >>> csf_contradicted(z, 2.0).tolist()
+    [True, False, False]
+    """
+    out: NDArray[np.bool_] | None = None
+    for name, z in extra_z.items():
+        if name in CSF_GAIN_SIGN:
+            against = np.asarray(z) * CSF_GAIN_SIGN[name] <= -limit_z
+            out = against if out is None else out | against
+    return out
+
+
+def largest_piece(voxels: NDArray[np.int64], mask: NDArray[np.bool_],
+                  z: NDArray[np.floating], spacing_mm: tuple[float, float, float]
+                  ) -> tuple[float, float]:
+    """Largest part of a candidate inside ``mask``.
+
+    ``voxels``: the candidate's flat indices into ``mask`` (bool) and ``z``
+    (its signed z-map); ``spacing_mm``: voxel edges in array axis order.
+    Returns (volume mm3, peak |z|) of the largest 26-connected piece of the
+    candidate inside ``mask``, (0, 0) when there is none. With ``mask`` the
+    voxels that another contrast says are not CSF (:func:`csf_contradicted`),
+    it is what a lesion or mass merged with the ventricles' rim into one
+    component would be on its own.
+
+    >>> mask = np.zeros((6, 6, 6), bool); mask[:, :, :3] = True
+    >>> z = np.full(mask.shape, 5.0)
+    >>> vox = np.flatnonzero(np.ones(mask.shape, bool))
+    >>> largest_piece(vox, mask, z, (1.0, 1.0, 2.0))
+    (216.0, 5.0)
+    """
+    part = np.zeros(mask.shape, bool)
+    part.ravel()[voxels] = True
+    part &= np.asarray(mask, bool)
+    lab, n = ndi.label(part, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return 0.0, 0.0
+    sizes = np.bincount(lab.ravel())[1:]
+    big = lab == int(np.argmax(sizes)) + 1
+    return (float(sizes.max() * np.prod(spacing_mm)),
+            float(np.abs(np.asarray(z)[big]).max()))
 
 
 def link_ventricle_margin(candidates: list[dict[str, Any]], finding_id: str) -> list[int]:
