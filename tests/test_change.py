@@ -30,6 +30,31 @@ def _ball(shape: tuple[int, int, int], c: tuple[float, float, float], r: float) 
     return ((g[0] - c[0]) ** 2 + (g[1] - c[1]) ** 2 + (g[2] - c[2]) ** 2) <= r * r
 
 
+def _centred_ellipsoid(shape: tuple[int, int, int], radii: tuple[float, float, float]
+                       ) -> np.ndarray:
+    """Voxels of the ellipsoid with semi-axes ``radii`` (voxels) at the array centre."""
+    g = np.indices(shape).astype(float)
+    d2 = sum(((g[k] - (shape[k] - 1) / 2) / radii[k]) ** 2 for k in range(3))
+    return np.asarray(d2 <= 1)
+
+
+#: voxel -> RAS affine of the synthetic test heads (1 mm voxels)
+_AFF = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
+
+
+def _save_noisy(tmp: Path, images: list[tuple[str, np.ndarray]], rng: np.random.Generator
+                ) -> list[Path]:
+    """Each image plus Gaussian noise (SD 2, drawn from ``rng`` in the given order) saved
+    as ``tmp/NAME.nii.gz`` (float32, :data:`_AFF`); returns the paths in order."""
+    paths = []
+    for name, img in images:
+        p = tmp / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, img.shape)).astype(np.float32),
+                                 _AFF), str(p))
+        paths.append(p)
+    return paths
+
+
 def test_extract_blobs_sizes_signs_and_hysteresis() -> None:
     shape = (40, 40, 40)
     z = np.zeros(shape, np.float32)
@@ -129,8 +154,7 @@ def _synthetic_head(shape: tuple[int, int, int], rng: np.random.Generator) -> np
     img[r <= 1.0] = 100.0
     shell = (r > 1.15) & (r <= 1.35)
     img[shell] = 120.0
-    vent = (((g[0] - c[0]) / 4) ** 2 + ((g[1] - c[1]) / 10) ** 2 + ((g[2] - c[2]) / 5) ** 2) <= 1
-    img[vent] = 20.0
+    img[_centred_ellipsoid(shape, (4, 10, 5))] = 20.0
     tex = ndi.gaussian_filter(rng.normal(size=shape), 2.0)
     img = img + 8.0 * tex / tex.std() * (img > 50)
     return img
@@ -141,18 +165,13 @@ def _pair(tmp: Path, lesions: list[tuple[tuple[int, int, int], float]], seed: in
     rng = np.random.default_rng(seed)
     shape = (72, 80, 64)
     head = _synthetic_head(shape, rng)
-    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
     fu = head.copy()
     truth = np.zeros(shape, bool)
     for c, rad in lesions:
         b = _ball(shape, c, rad)
         fu[ndi.gaussian_filter(b.astype(float), 0.7) > 0.3] *= 1.8
         truth |= b
-    base_img = head + rng.normal(0, 2.0, shape)
-    fu_img = fu + rng.normal(0, 2.0, shape)
-    bp, fp = tmp / "base.nii.gz", tmp / "fu.nii.gz"
-    nib.save(nib.Nifti1Image(base_img.astype(np.float32), aff), str(bp))
-    nib.save(nib.Nifti1Image(fu_img.astype(np.float32), aff), str(fp))
+    bp, fp = _save_noisy(tmp, [("base", head), ("fu", fu)], rng)
     return bp, fp, truth
 
 
@@ -400,13 +419,7 @@ def test_dark_focus_found_in_bright_grey_matter_and_needs_hypointensity(tmp_path
     fu[focus] = 15.0                                        # haemorrhage: near signal void
     fade = _ball(shape, (46, 50, 36), 3.0) & sheets
     fu[fade] = head[fade] / 1.35                            # the sheet fades to tissue level
-    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
-    paths = []
-    for name, img in (("base", head), ("fu", fu)):
-        p = tmp_path / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
-                 str(p))
-        paths.append(p)
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
     doc = compare_main(paths[0], paths[1], tmp_path / "out", "brain", "t2starw", None)
     lab: Any = nib.load(str(tmp_path / "out" / "candidates.nii.gz"))
     labels = np.asarray(lab.dataobj)
@@ -429,25 +442,12 @@ def test_ventricle_margin_marks_new_csf_rim_not_a_new_lesion(tmp_path: Path) -> 
     rng = np.random.default_rng(5)
     shape = (72, 80, 64)
     head = _synthetic_head(shape, rng)
-    g = np.indices(shape).astype(float)
-    c = [(s - 1) / 2 for s in shape]
-
-    def vent(a: float, b: float, d: float) -> np.ndarray:
-        return (((g[0] - c[0]) / a) ** 2 + ((g[1] - c[1]) / b) ** 2  # type: ignore[no-any-return]
-                + ((g[2] - c[2]) / d) ** 2) <= 1
-
     fu = head.copy()
-    rim = vent(6, 12, 7) & ~vent(4, 10, 5)
+    rim = _centred_ellipsoid(shape, (6, 12, 7)) & ~_centred_ellipsoid(shape, (4, 10, 5))
     fu[rim] = 20.0 + (head[rim] - 100.0) * 0.1               # tissue became CSF
     lesion = _ball(shape, (50, 25, 30), 3.0)
     fu[lesion] *= 0.55
-    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
-    paths = []
-    for name, img in (("base", head), ("fu", fu)):
-        p = tmp_path / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
-                 str(p))
-        paths.append(p)
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
     doc = compare_main(paths[0], paths[1], tmp_path / "out", "brain", "t1w", None)
     lab: Any = nib.load(str(tmp_path / "out" / "candidates.nii.gz"))
     labels = np.asarray(lab.dataobj)
@@ -478,16 +478,9 @@ def test_ventricle_margin_not_given_to_a_mass_beside_enlarged_ventricles(
     rng = np.random.default_rng(5)
     shape = (72, 80, 64)
     flair = _synthetic_head(shape, rng)
-    g = np.indices(shape).astype(float)
-    c = [(s - 1) / 2 for s in shape]
-
-    def vent(a: float, b: float, d: float) -> np.ndarray:
-        return (((g[0] - c[0]) / a) ** 2 + ((g[1] - c[1]) / b) ** 2  # type: ignore[no-any-return]
-                + ((g[2] - c[2]) / d) ** 2) <= 1
-
-    v0, grown = vent(4, 10, 5), vent(6, 12, 7)
+    v0, grown = _centred_ellipsoid(shape, (4, 10, 5)), _centred_ellipsoid(shape, (6, 12, 7))
     rim = grown & ~v0
-    blob = _ball(shape, (c[0], c[1], c[2] + 10.5), 4.0) & ~grown   # touches the grown rim
+    blob = _ball(shape, (35.5, 39.5, 31.5 + 10.5), 4.0) & ~grown  # touches the grown rim
     t2 = flair.copy()
     t2[v0] = 250.0 + (flair[v0] - 20.0)                             # CSF bright on T2w
     t2f, flf = t2.copy(), flair.copy()
@@ -496,13 +489,8 @@ def test_ventricle_margin_not_given_to_a_mass_beside_enlarged_ventricles(
     if mass:
         t2f[blob] *= 1.7
         flf[blob] *= 1.6
-    aff = np.array([[-1.0, 0, 0, 36], [0, 1.0, 0, -40], [0, 0, 1.0, -30], [0, 0, 0, 1]])
-    paths = []
-    for name, img in (("t2b", t2), ("t2f", t2f), ("flb", flair), ("flf", flf)):
-        p = tmp_path / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
-                 str(p))
-        paths.append(p)
+    paths = _save_noisy(tmp_path, [("t2b", t2), ("t2f", t2f), ("flb", flair), ("flf", flf)],
+                        rng)
     doc = compare_main(paths[0], paths[1], tmp_path / "out", "brain", "t2w",
                        [(paths[2], paths[3], "flair")])
     lab: Any = nib.load(str(tmp_path / "out" / "candidates.nii.gz"))

@@ -502,7 +502,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
              if sctx is None and c in CSF_GAIN_SIGN else None)
     # ... less the voxels where another contrast changed the way CSF cannot
     against = csf_contradicted(dict(extra_z), p.extra_contrast_z) if grown is not None else None
-    on_csf = grown & ~against if grown is not None and against is not None else grown
+    on_csf = grown & ~against if grown is not None and against is not None else None
     for comp in comps:
         ctype, reportable = FINDINGS[c][comp.sign]
         vfrac = (margin_fraction(comp.voxels, grown)

@@ -103,10 +103,9 @@ def new_ventricular_csf(base: NDArray[np.floating], fu: NDArray[np.floating],
     # growth of the ventricles is contiguous with them: a CSF-like island that does not
     # touch the baseline ventricles is something new (cyst, lesion, mass), not enlargement
     box = np.ones((3, 3, 3), bool)
-    lab, n = ndi.label(vf & ~vb, structure=box)
+    lab, _ = ndi.label(vf & ~vb, structure=box)
     touching = np.unique(lab[ndi.binary_dilation(vb, structure=box) & (lab > 0)])
-    grown = np.isin(lab, touching[touching > 0]) if n else np.zeros(vb.shape, bool)
-    return np.asarray(ndi.binary_dilation(grown, structure=box))
+    return np.asarray(ndi.binary_dilation(np.isin(lab, touching), structure=box))
 
 
 def margin_fraction(voxels: NDArray[np.int64], grown: NDArray[np.bool_]) -> float:
