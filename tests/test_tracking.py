@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 
-from mri_safety.change import tracking
 from mri_safety.change.tracking import VisitCandidates, track_findings
 
 SHAPE = (40, 40, 40)
@@ -69,6 +66,3 @@ def test_centroid_matching_without_label_maps_and_determinism() -> None:
         v.labels = None
     assert [x.finding_id for x in track_findings(far)] == ["M2-1", "M4-1"]
 
-
-def test_doctest() -> None:
-    assert doctest.testmod(tracking).failed == 0
