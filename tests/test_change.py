@@ -336,6 +336,44 @@ def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
         (c["id"], c["evidence_z"], c["volume_mm3"]) for c in pooled["candidates"]]
 
 
+def test_extra_contrast_of_the_other_family_agrees_with_the_opposite_sign(tmp_path: Path
+                                                                         ) -> None:
+    """T1w with a FLAIR extra: a new lesion is T1-dark and FLAIR-bright, so the FLAIR
+    agrees with a T1w decrease when it got BRIGHTER; tissue turned CSF-like (dark on
+    both) must not count as agreement. Before 2026-12-04 agreement was 'same sign' for
+    every contrast pair, which gave the CSF-like change the bonus and not the lesion."""
+    rng = np.random.default_rng(11)
+    shape = (72, 80, 64)
+    t1 = _synthetic_head(shape, rng)
+    flair = _synthetic_head(shape, rng)
+    lesion = ndi.gaussian_filter(_ball(shape, (24, 30, 32), 3.0).astype(float), 0.7) > 0.3
+    csf_like = ndi.gaussian_filter(_ball(shape, (48, 50, 30), 3.0).astype(float), 0.7) > 0.3
+    t1_fu, flair_fu = t1.copy(), flair.copy()
+    t1_fu[lesion | csf_like] *= 0.55
+    flair_fu[lesion] *= 1.8
+    flair_fu[csf_like] *= 0.55
+    bt, ft, bf, ff = _save_noisy(tmp_path, [("t1b", t1), ("t1f", t1_fu), ("flb", flair),
+                                            ("flf", flair_fu)], rng)
+    solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t1w", None)
+    both = compare_main(bt, ft, tmp_path / "both", "brain", "t1w", [(bf, ff, "flair")])
+
+    def on(doc: dict[str, Any], out: str, where: np.ndarray) -> dict[str, Any]:
+        """The candidate covering most of ``where``."""
+        lab: Any = nib.load(str(tmp_path / out / "candidates.nii.gz"))
+        ids = np.asarray(lab.dataobj)[where]
+        assert ids.any(), f"no candidate on the change ({out})"
+        i = int(np.bincount(ids[ids > 0]).argmax())
+        return next(c for c in doc["candidates"] if c["id"] == i)
+
+    les_s, les_b = on(solo, "solo", lesion), on(both, "both", lesion)
+    csf_s, csf_b = on(solo, "solo", csf_like), on(both, "both", csf_like)
+    assert les_b["type"] == csf_b["type"] == "t1_signal_decrease"
+    assert les_b["contrasts"] == ["t1w", "flair"]
+    assert les_b["evidence_z"] == pytest.approx(les_s["evidence_z"] + 1.0, abs=1e-3)
+    assert csf_b["contrasts"] == ["t1w"]
+    assert csf_b["evidence_z"] == pytest.approx(csf_s["evidence_z"], abs=1e-3)
+
+
 def test_combine_z_pools_evidence_and_stays_standard_normal_under_correlation() -> None:
     """Stouffer pooling: two correlated null maps pool to SD 1 (the correlation is
     estimated, not assumed); a change at z 3.5 in two independent maps pools to

@@ -105,6 +105,29 @@ LESION_LIKE = {"flair", "t2w", "pd", "dwi"}
 DARK_FOCUS = {"t2starw", "swi"}
 #: extra contrasts pooled voxel-wise with the main z-map (same sign for a new lesion)
 POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
+#: weighting family of each contrast, for the agreement of an extra contrast: a lesion that
+#: lengthens T1 and T2 (oedema, demyelination, infarct, tumour) is brighter on every
+#: T2-family image and darker on T1w; blood products are darker on T2/T2* and brighter on
+#: T1w. So an extra contrast of the same family agrees when it changed with the same sign,
+#: one of the other family when it changed with the opposite sign (a T1-dark lesion is
+#: FLAIR-bright; tissue turned CSF is dark on T1w AND FLAIR and must not count as
+#: agreement). ADC goes up in most lesions and down in acute infarcts: no fixed relation,
+#: so an ADC extra never adds agreement (DWI judges ADC within the visit instead).
+FAMILY: dict[str, str] = {"flair": "t2", "t2w": "t2", "pd": "t2", "dwi": "t2", "swi": "t2",
+                          "t2starw": "t2", "t1w": "t1", "t1ce": "t1"}
+
+
+def agreement_sign(main: str, extra: str) -> int | None:
+    """Sign an ``extra`` contrast's change must have, relative to the ``main``
+    contrast's change, to agree with it (:data:`FAMILY`); None: no fixed relation.
+
+    >>> agreement_sign("flair", "t2w"), agreement_sign("t1w", "flair"), agreement_sign("dwi", "adc")
+    (1, -1, None)
+    """
+    fm, fe = FAMILY.get(main), FAMILY.get(extra)
+    if fm is None or fe is None:
+        return None
+    return 1 if fm == fe else -1
 REVIEW_SCORE = 0.5
 #: RigidParams overrides of the detection registration (see register_pair).
 DETECT_RIGID: dict[str, Any] = {"gradient_filter": "all", "upsample_mm": None}
@@ -347,8 +370,9 @@ def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "fla
     """Detect candidate new abnormalities of ``followup`` relative to ``baseline``.
 
     ``extra``: further (baseline, follow-up, contrast) pairs; their z-maps are
-    brought to the main baseline grid and a candidate whose mean z (same sign)
-    there reaches ``extra_contrast_z`` gains ``extra_contrast_bonus`` evidence.
+    brought to the main baseline grid and a candidate whose mean z there, in the
+    direction a lesion changes that contrast (:func:`agreement_sign`), reaches
+    ``extra_contrast_z`` gains ``extra_contrast_bonus`` evidence.
     ``within``: ADC maps (``dwi``) or pre-contrast T1w (``t1ce``) of the two visits,
     see :func:`mri_safety.change.multicontrast.apply_within_visit`.
     """
@@ -526,7 +550,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             reasons += sd.reasons
         evidence = abs(comp.peak_z)
         for k, (name, ezm) in enumerate(extra_z):
-            mz = float(comp.sign * ezm.ravel()[comp.voxels].mean())
+            rel = agreement_sign(c, name)
+            # mean z of the extra contrast in the direction that agrees (0: no relation)
+            mz = float(rel * comp.sign * ezm.ravel()[comp.voxels].mean()) if rel else 0.0
             comp.extra[name] = mz
             if mz >= p.extra_contrast_z:
                 contrasts.append(name)
