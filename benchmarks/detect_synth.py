@@ -7,12 +7,18 @@ Usage::
 For every follow-up visit of a generated study (``mri_safety.synth``, preset
 small) each contrast that can show a new abnormality is compared with its
 baseline (``mri_safety.change.compare.detect_pair``, the same call as
-``mri-safety compare``): FLAIR and T2w (each pooled with the other), T1w,
+``mri-safety compare``): FLAIR and T2w (each pooled with the other), T1w (with
+FLAIR and T2w as extra contrasts),
 post-contrast T1w (``t1ce``, with the pre-contrast T1w of both visits), DWI
 b1000 (``dwi``, with the ADC maps of both visits), T2*w (``t2starw``) and the
 spine T2w and T1w (``--region spine``): the pairs, pools and within-visit
-partners of the pipeline (``pipelines.trial``), which also compares each
-follow-up with the previous visit (not done here).
+partners of the pipeline (``pipelines.trial``). Like the pipeline, each
+follow-up after the first is also compared with the previous visit (brain
+series; ``--no-previous`` skips it): there an abnormality counts as new when it
+appeared or grew since that visit, and a flagged candidate on one already
+present then is a true change scored apart (neither a find nor a false
+positive); the truth labels go onto the previous visit's grid through the
+inverse of its true pose.
 Ventricular enlargement is judged by ``mri_safety.change.jacobian`` on the
 T1w pair. An abnormality counts as found at a visit when a flagged candidate
 of any of that visit's comparisons touches it within one voxel (the truth
@@ -67,8 +73,11 @@ PAIRS = {"FLAIR": ("flair", "brain"), "T2w": ("t2w", "brain"), "T1w": ("t1w", "b
 #: within-visit partner series and its compare contrast, as the pipeline gives them
 #: (split off the extra pairs by multicontrast.within_visit_from_extra, as in mri-safety compare)
 WITHIN = {"DWI_b1000": ("ADC", "adc"), "T1w_post": ("T1w", "t1w")}
-#: brain series pooled with another series of the same visits, as the pipeline does
-POOL = {"FLAIR": ("T2w", "t2w"), "T2w": ("FLAIR", "flair")}
+#: brain series given other series of the same visits as extra contrasts, as the pipeline
+#: does (pipelines.trial.extra_partners): FLAIR and T2w pooled with each other, T1w with both
+EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
+    "FLAIR": (("T2w", "t2w"),), "T2w": (("FLAIR", "flair"),),
+    "T1w": (("FLAIR", "flair"), ("T2w", "t2w"))}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
 
 
@@ -79,13 +88,16 @@ def _load(path: Path) -> sitk.Image:
     return array_to_sitk(np.asarray(im.dataobj, np.float32), im.affine)
 
 
-def _truth_on(labels: sitk.Image, ids: list[int], grid: sitk.Image) -> dict[int, np.ndarray]:
-    """Indicator of each truth id on ``grid`` (linear resampling > 0.25)."""
+def _truth_on(labels: sitk.Image, ids: list[int], grid: sitk.Image,
+              to_labels: sitk.Transform | None = None) -> dict[int, np.ndarray]:
+    """Indicator of each truth id on ``grid`` (linear resampling > 0.25);
+    ``to_labels`` maps ``grid`` points to the labels' world (default identity)."""
     out = {}
     lab = arr(labels)
+    tx = to_labels if to_labels is not None else sitk.Transform()
     for i in ids:
         ind = img_like((lab == i).astype(np.float32), labels)
-        out[i] = arr(sitk.Resample(ind, grid, sitk.Transform(), sitk.sitkLinear, 0.0)) > 0.25
+        out[i] = arr(sitk.Resample(ind, grid, tx, sitk.sitkLinear, 0.0)) > 0.25
     return out
 
 
@@ -102,9 +114,57 @@ def _bin(d: float, bins: tuple[tuple[float, float], ...] = SIZE_BINS) -> str:
     return "<2 mm"
 
 
-def evaluate(study: Path, tag: str = "", only: set[str] | None = None) -> dict[str, Any]:
+def _detect(gt: Path, ref: str, vname: str, kind: str) -> tuple[Any, sitk.Image, float]:
+    """The comparison of series ``kind`` of visit ``vname`` with visit ``ref``
+    (``baseline`` or the previous visit), with the pool and within-visit partners
+    the pipeline gives it; returns (result, reference image, seconds)."""
+    contrast, region = PAIRS[kind]
+    b = _load(gt / ref / "volumes" / f"{kind}.nii.gz")
+    f = _load(gt / vname / "volumes" / f"{kind}.nii.gz")
+    partners = [*EXTRAS.get(kind, ()), *([WITHIN[kind]] if kind in WITHIN else [])]
+    extra, within = within_visit_from_extra(contrast, [
+        (_load(gt / ref / "volumes" / f"{ek}.nii.gz"),
+         _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec) for ek, ec in partners])
+    t0 = time.perf_counter()
+    res = detect_pair(b, f, contrast=contrast, region=region, extra=extra, within=within)
+    return res, b, time.perf_counter() - t0
+
+
+def _score(res: Any, truth: dict[int, np.ndarray], apart: dict[str, list[np.ndarray]],
+           linked: list[int]) -> dict[str, Any]:
+    """What the flagged candidates of one comparison touch (within one voxel):
+    ``hit`` truth ids, ``fp`` (touching no truth and nothing of ``apart``),
+    ``apart`` counts per category (true changes scored elsewhere: tissue that
+    became ventricular CSF, abnormalities already present at the reference visit),
+    ``linked_on``: what the candidates attached to the ventricular-enlargement
+    finding (``linked``) lie on, ``flagged``."""
+    out: dict[str, Any] = {"hit": set(), "fp": 0, "apart": defaultdict(int),
+                           "linked_on": defaultdict(int), "flagged": 0}
+    for c in res.candidates:
+        if not (c["flagged"] or c["id"] in linked):
+            continue
+        near = ndi.binary_dilation(res.labels == c["id"], np.ones((3, 3, 3), bool))
+        touched = [i for i, m in truth.items() if np.any(m & near)]
+        on = next((k for k, ms in apart.items() if any(np.any(m & near) for m in ms)), None)
+        if c["id"] in linked:  # attached to the enlargement finding, unflagged
+            out["linked_on"]["abnormality" if touched else on or "elsewhere"] += 1
+            continue
+        out["flagged"] += 1
+        out["hit"].update(touched)
+        if not touched:
+            if on is None:
+                out["fp"] += 1
+            else:
+                out["apart"][on] += 1
+    return out
+
+
+def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
+             previous: bool = True) -> dict[str, Any]:
     """Scores of one study; ``tag`` prefixes its patient ids in the lists; ``only``:
-    ``PATIENT:VISIT`` names of the follow-ups to score (default all)."""
+    ``PATIENT:VISIT`` names of the follow-ups to score (default all); ``previous``:
+    also score each follow-up after the first against the previous visit, as the
+    pipeline compares it (brain series; keys ``prev_*``)."""
     found_by_type: dict[str, list[bool]] = defaultdict(list)
     found_by_size: dict[str, list[bool]] = defaultdict(list)
     fp_pairs: list[tuple[str, int]] = []
@@ -113,11 +173,16 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None) -> dict[s
     nochange_flagged: list[tuple[str, int]] = []
     missed: list[str] = []
     seconds: list[float] = []
+    prev_found: dict[str, list[bool]] = defaultdict(list)
+    prev_fp: list[tuple[str, int]] = []
+    prev_apart: dict[str, int] = defaultdict(int)
+    prev_missed: list[str] = []
+    vent_key = "new ventricular CSF"
     for tj in sorted((study / "ground_truth").glob("*/truth.json")):
         t = json.loads(tj.read_text())
         gt = tj.parent
         pid = f"{tag}{t['patient_id']}"
-        for v in t["visits"][1:]:
+        for vi, v in enumerate(t["visits"][1:], start=1):
             vname, ids = v["name"], list(v["new_abnormality_ids"])
             if only and f"{t['patient_id']}:{vname}" not in only:
                 continue
@@ -138,17 +203,9 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None) -> dict[s
             vmask = ventricle_mask(arr(b1), brain, tuple(b1.GetSpacing()), "dark")
             vc = volume_change(b1, sitk.Resample(f1, b1, tx, sitk.sitkLinear, 0.0), brain, vmask)
             n_flag_visit += int(vc.ventricular_enlargement)
-            for kind, (contrast, region) in PAIRS.items():
-                b = _load(gt / "baseline" / "volumes" / f"{kind}.nii.gz")
-                f = _load(gt / vname / "volumes" / f"{kind}.nii.gz")
-                partners = [pc for pc in (POOL.get(kind), WITHIN.get(kind)) if pc]
-                extra, within = within_visit_from_extra(contrast, [
-                    (_load(gt / "baseline" / "volumes" / f"{ek}.nii.gz"),
-                     _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec) for ek, ec in partners])
-                t0 = time.perf_counter()
-                res = detect_pair(b, f, contrast=contrast, region=region, extra=extra,
-                                  within=within)
-                seconds.append(time.perf_counter() - t0)
+            for kind, (_contrast, region) in PAIRS.items():
+                res, b, sec = _detect(gt, "baseline", vname, kind)
+                seconds.append(sec)
                 # as the pipeline does: with a flagged ventricular enlargement, candidates on
                 # tissue that became ventricular CSF are attached to it, not flagged one by one
                 linked = (link_ventricle_margin(res.candidates, "ventricles")
@@ -164,27 +221,14 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None) -> dict[s
                     zi = float(np.abs(res.z[m]).max()) if m.any() else 0.0
                     if zi >= best.get((region, i), (-1.0, ""))[0]:
                         best[(region, i)] = (zi, kind)
-                fp = n_vent = 0
-                for c in res.candidates:
-                    if c["id"] in linked:  # what the linked candidates lie on
-                        near = ndi.binary_dilation(res.labels == c["id"], np.ones((3, 3, 3), bool))
-                        on = ("abnormality" if any(np.any(m & near) for m in truth.values())
-                              else "new ventricular CSF" if any(np.any(m & near)
-                                                                for m in vent.values())
-                              else "elsewhere")
-                        linked_on[on] += 1
-                    if not c["flagged"]:
-                        continue
-                    n_flag_visit += 1
-                    near = ndi.binary_dilation(res.labels == c["id"], np.ones((3, 3, 3), bool))
-                    touched = [i for i, m in truth.items() if np.any(m & near)]
-                    hit.update((region, i) for i in touched)
-                    on_vent = not touched and any(np.any(m & near) for m in vent.values())
-                    n_vent += on_vent
-                    fp += not touched and not on_vent
-                fp_pairs.append((f"{pid} {vname} {kind}", fp))
-                if n_vent:
-                    vent_pairs.append((f"{pid} {vname} {kind}", n_vent))
+                sc = _score(res, truth, {vent_key: list(vent.values())}, linked)
+                for k, n in sc["linked_on"].items():
+                    linked_on[k] += n
+                n_flag_visit += sc["flagged"]
+                hit.update((region, i) for i in sc["hit"])
+                fp_pairs.append((f"{pid} {vname} {kind}", sc["fp"]))
+                if sc["apart"][vent_key]:
+                    vent_pairs.append((f"{pid} {vname} {kind}", sc["apart"][vent_key]))
             for i in ids:
                 k = kinds[i]
                 ok = (vc.ventricular_enlargement if k == "ventricles"
@@ -206,9 +250,51 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None) -> dict[s
                     missed.append(f"{pid} {vname} spine #{i} {sk} (largest |z| {zb:.1f})")
             if not ids and not spine_ids:
                 nochange_flagged.append((f"{pid} {vname}", n_flag_visit))
+            if not previous or vi < 2:
+                continue
+            # vs the previous visit (brain): new since then = appeared (or grew) at this
+            # visit; abnormalities already there are true, scored apart (they may evolve)
+            pname = t["visits"][vi - 1]["name"]
+            earlier = [i for i in t["visits"][vi - 1]["new_abnormality_ids"]
+                       if kinds.get(i, t["abnormalities"][i - 1]["kind"]) != "ventricles"]
+            new = [i for i in ids if i not in t["visits"][vi - 1]["new_abnormality_ids"]]
+            ptx = sitk.ReadTransform(str(gt / pname / "followup_to_baseline.tfm")).GetInverse()
+            pbest: dict[int, float] = {}
+            phit: set[int] = set()
+            for kind, (_contrast, region) in PAIRS.items():
+                if region != "brain":
+                    continue
+                res, b, sec = _detect(gt, pname, vname, kind)
+                seconds.append(sec)
+                linked = (link_ventricle_margin(res.candidates, "ventricles")
+                          if vc.ventricular_enlargement else [])
+                truth = _truth_on(brain_lab, [i for i in new if kinds[i] != "ventricles"], b, ptx)
+                vent = _truth_on(brain_lab, [i for i in new if kinds[i] == "ventricles"], b, ptx)
+                before = _truth_on(_load(gt / pname / "labels_baseline.nii.gz"), earlier, b, ptx)
+                for i, m in truth.items():
+                    pbest[i] = max(pbest.get(i, 0.0),
+                                   float(np.abs(res.z[m]).max()) if m.any() else 0.0)
+                sc = _score(res, truth, {vent_key: list(vent.values()),
+                                         "abnormality present at the previous visit":
+                                         list(before.values())}, linked)
+                phit.update(sc["hit"])
+                prev_fp.append((f"{pid} {vname} vs {pname} {kind}", sc["fp"]))
+                for k, n in sc["apart"].items():
+                    prev_apart[k] += n
+            for i in new:
+                k = kinds[i]
+                if k == "ventricles":  # judged by the Jacobian vs baseline
+                    continue
+                prev_found[k].append(i in phit)
+                if i not in phit:
+                    prev_missed.append(f"{pid} {vname} vs {pname} #{i} {k} "
+                                       f"{_diameter_mm(brain_lab, i):.1f} mm (largest |z| "
+                                       f"{pbest.get(i, 0.0):.1f})")
     return {"by_type": found_by_type, "by_size": found_by_size, "fp_pairs": fp_pairs,
             "vent_pairs": vent_pairs, "linked_on": dict(linked_on),
-            "nochange": nochange_flagged, "missed": missed, "seconds": seconds}
+            "nochange": nochange_flagged, "missed": missed, "seconds": seconds,
+            "prev_found": prev_found, "prev_fp": prev_fp, "prev_apart": dict(prev_apart),
+            "prev_missed": prev_missed}
 
 
 def _table(r: dict[str, Any], cmd: str) -> str:
@@ -237,6 +323,24 @@ def _table(r: dict[str, Any], cmd: str) -> str:
             f"{p}: {n} flagged" for p, n in r["nochange"]) + " (bar: 0).")
     lines.append("")
     lines.append("Missed: " + (", ".join(r["missed"]) or "none") + ".")
+    if r["prev_fp"]:
+        pf = [n for _, n in r["prev_fp"]]
+        lines += ["", "Each follow-up after the first against the PREVIOUS visit (brain series, "
+                  "as the pipeline compares it; new = appeared or grew since that visit; the "
+                  "spine is not scored here, its truth has no map between two follow-ups' "
+                  "bent necks):", "", "| abnormality type | found | sensitivity |",
+                  "|---|---|---|"]
+        for k, v in sorted(r["prev_found"].items()):
+            lines.append(f"| {k} | {sum(v)} of {len(v)} | {sum(v) / len(v):.2f} |")
+        allv = [x for v in r["prev_found"].values() for x in v]
+        lines += [f"| all | {sum(allv)} of {len(allv)} | {sum(allv) / max(len(allv), 1):.2f} |",
+                  "", f"Flagged false positives: {sum(pf)} over {len(pf)} contrast pairs "
+                  f"({sum(pf) / len(pf):.2f} per pair). Pairs with any: "
+                  + (", ".join(f"{p} ({n})" for p, n in r["prev_fp"] if n) or "none") + "."]
+        if r["prev_apart"]:
+            lines.append("Flagged on true changes scored apart: " + ", ".join(
+                f"{k} {n}" for k, n in sorted(r["prev_apart"].items())) + ".")
+        lines.append("Missed: " + (", ".join(r["prev_missed"]) or "none") + ".")
     lines.append("")
     lines.append(f"Time per contrast pair: mean {np.mean(r['seconds']):.1f} s "
                  f"(max {np.max(r['seconds']):.1f} s), 2 cores shared.")
@@ -245,16 +349,19 @@ def _table(r: dict[str, Any], cmd: str) -> str:
 
 def _merge(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """Pool the results of several studies (lists concatenated per key)."""
-    out: dict[str, Any] = {"by_type": defaultdict(list), "by_size": defaultdict(list)}
+    out: dict[str, Any] = {"by_type": defaultdict(list), "by_size": defaultdict(list),
+                           "prev_found": defaultdict(list), "linked_on": defaultdict(int),
+                           "prev_apart": defaultdict(int)}
     for r in rs:
-        for key in ("by_type", "by_size"):
+        for key in ("by_type", "by_size", "prev_found"):
             for k, v in r[key].items():
                 out[key][k] += v
-        for key in ("fp_pairs", "vent_pairs", "nochange", "missed", "seconds"):
+        for key in ("fp_pairs", "vent_pairs", "nochange", "missed", "seconds", "prev_fp",
+                    "prev_missed"):
             out.setdefault(key, []).extend(r[key])
-        for k, n in r["linked_on"].items():
-            out.setdefault("linked_on", defaultdict(int))[k] += n
-    out.setdefault("linked_on", {})
+        for key in ("linked_on", "prev_apart"):
+            for k, n in r[key].items():
+                out[key][k] += n
     return out
 
 
@@ -267,6 +374,8 @@ def main() -> None:
     ap.add_argument("--no-write", dest="write", action="store_false")
     ap.add_argument("--only", nargs="+", default=None, metavar="PATIENT:VISIT",
                     help="score only these follow-ups (a check; implies --no-write)")
+    ap.add_argument("--no-previous", dest="previous", action="store_false",
+                    help="skip the comparisons with the previous visit")
     a = ap.parse_args()
     studies = a.study
     if studies is None:
@@ -274,9 +383,12 @@ def main() -> None:
 
         studies = [synth_main(Path(tempfile.mkdtemp(prefix=f"detect_synth_{s}_")), a.patients,
                               s, "small") for s in a.seeds]
-    tags = ([f"{s.name}:" for s in studies] if a.study else [f"s{s}:" for s in a.seeds])
+    # each study is tagged by its seed (a generated study is a function of it)
+    tags = [f"s{json.loads(next((s / 'ground_truth').glob('*/truth.json')).read_text())['seed']}:"
+            for s in studies]
     only = set(a.only) if a.only else None
-    r = _merge([evaluate(s, tag, only) for s, tag in zip(studies, tags, strict=True)])
+    r = _merge([evaluate(s, tag, only, a.previous)
+                for s, tag in zip(studies, tags, strict=True)])
     if a.study:
         seeds = sorted({json.loads(tj.read_text())["seed"] for s in studies
                         for tj in (s / "ground_truth").glob("*/truth.json")})

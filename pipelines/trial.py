@@ -239,17 +239,18 @@ def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
 def detect_stage(
     inputs: dict[str, Path], out: Path, region: str, contrast: str,
     detection: dict[str, Any], registered: Path, itk_threads: int = 1,
-    pool_contrast: str | None = None, pool_registered: Path | None = None,
+    extra_contrasts: list[str] | None = None, extra_registered: list[Path] | None = None,
     zmemo: dict[tuple[str, str], Any] | None = None,
 ) -> dict[str, Any]:
     """z-map and candidates of one registered pair (the outputs of
     ``mri-safety compare``, docs/detection.md, byte-identical to it for the
     same inputs and parameters). ``detection``: the detection parameters
     without the registration ones (those come from the register stage's
-    ``registration.json``, which is keyed by its digest). With ``pool_contrast``,
-    the comparison of that contrast of the same visits (``inputs["pool_baseline"]``,
-    ``inputs["pool_followup"]``, registered in ``pool_registered``) is pooled
-    into the z-map (docs/detection.md).
+    ``registration.json``, which is keyed by its digest). ``extra_contrasts``:
+    the comparisons of those contrasts of the same visits (``inputs["extraK_baseline"]``,
+    ``inputs["extraK_followup"]``, registered in ``extra_registered[K]``) are extra
+    contrasts of this one, as ``mri-safety compare --extra-contrast`` takes them:
+    pooled into the z-map (FLAIR with T2w) or adding agreement (docs/detection.md).
 
     ``zmemo``: z-maps of pooled brain comparisons by (register stage folder,
     parameters), shared by the two detections of a pool run in one task
@@ -263,12 +264,15 @@ def detect_stage(
     p = DetectParams.model_validate({**detection, **reg_params})
     within = load_within(inputs)  # ADC / pre-contrast T1w of the two visits, if any
     pools, extra_doc = [], []
-    if pool_contrast is not None and pool_registered is not None:
-        pb, pf = inputs["pool_baseline"], inputs["pool_followup"]
-        pools.append((load_registered(pool_registered, pb, pf), pool_contrast))
+    regs = extra_registered or []
+    if len(regs) != len(extra_contrasts or []):
+        raise ValueError("extra_registered needs one register folder per extra contrast")
+    for k, (ec, reg_dir) in enumerate(zip(extra_contrasts or [], regs, strict=True)):
+        pb, pf = inputs[f"extra{k}_baseline"], inputs[f"extra{k}_followup"]
+        pools.append((load_registered(reg_dir, pb, pf), ec))
         extra_doc.append({"baseline": pb.name, "baseline_sha256": _digest(pb),
                           "followup": pf.name, "followup_sha256": _digest(pf),
-                          "contrast": pool_contrast})
+                          "contrast": ec})
     memo = zmemo if zmemo is not None and pools and region == "brain" else None
 
     def z_of(reg_dir: Path, pair: Any) -> Any:
@@ -281,8 +285,8 @@ def detect_stage(
 
     with _itk(itk_threads):
         own_z = z_of(registered, rp)
-        pool_z = [z_of(pool_registered, pools[0][0])] if memo is not None and pool_registered \
-            else None
+        pool_z = ([z_of(reg_dir, pr) for reg_dir, (pr, _) in zip(regs, pools, strict=True)]
+                  if memo is not None else None)
         res = detect_registered(rp, contrast=contrast, region=region, params=p, within=within,
                                 extra_registered=pools, own_z=own_z,
                                 extra_zpairs=pool_z)
@@ -292,8 +296,8 @@ def detect_stage(
                                   "extra": extra_doc}
     if within is not None:
         doc_inputs["within_visit"] = {k: inputs[k].name for k in sorted(inputs)
-                                      if k not in ("baseline", "followup", "pool_baseline",
-                                                   "pool_followup")}
+                                      if k not in ("baseline", "followup")
+                                      and not k.startswith("extra")}
     doc = write_outputs(res, out, doc_inputs)
     return {
         "n_candidates": len(doc["candidates"]),
@@ -331,21 +335,23 @@ def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[st
 def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, region: str,
                 contrast: str, detection: dict[str, Any], threads: int,
                 partners: dict[str, Path] | None = None,
-                pool: tuple[StageResult, Path, Path, str] | None = None,
+                extras: list[tuple[StageResult, Path, Path, str]] | None = None,
                 zmemo: dict[tuple[str, str], Any] | None = None) -> StageResult:
     """``partners``: within-visit partner files by role (hashed as inputs).
-    ``pool``: (register result of the pooled comparison, its baseline and
-    follow-up, its contrast). ``zmemo``: see :func:`detect_stage`."""
+    ``extras``: per extra comparison of the same visits (:func:`extra_partners`),
+    its register result, baseline, follow-up and contrast. ``zmemo``: see
+    :func:`detect_stage`."""
     inputs = {"baseline": baseline, "followup": followup, **(partners or {})}
     params: dict[str, Any] = {"region": region, "contrast": contrast,
                               "detection": detection, "itk_threads": threads}
     key = {"register": reg.digest}
     context: dict[str, Any] = {"registered": reg.path, "zmemo": zmemo}
-    if pool is not None:
-        inputs.update({"pool_baseline": pool[1], "pool_followup": pool[2]})
-        params["pool_contrast"] = pool[3]
-        key["pool_register"] = pool[0].digest
-        context["pool_registered"] = pool[0].path
+    if extras:
+        for k, (_reg, eb, ef, _c) in enumerate(extras):
+            inputs.update({f"extra{k}_baseline": eb, f"extra{k}_followup": ef})
+        params["extra_contrasts"] = [e[3] for e in extras]
+        key["extra_register"] = ",".join(e[0].digest for e in extras)
+        context["extra_registered"] = [e[0].path for e in extras]
     return StageStore(root).run("detect", detect_stage, inputs, params,
                                 extra_key=key, context=context,
                                 code_deps=CODE_DEPS["detect"])
@@ -521,6 +527,31 @@ def pool_partners(pairs: list[Pair]) -> dict[int, int]:
     return out
 
 
+#: brain comparisons that take comparisons of other contrasts of the same visits as extra
+#: contrasts besides the FLAIR/T2w pool (:func:`pool_partners`): T1w takes FLAIR and T2w, for
+#: agreement (a new lesion is T1-dark and T2-bright) and for the ventricle rule's CSF
+#: contradiction (a T1-dark mass beside grown ventricles is bright on FLAIR, CSF is not)
+EXTRA_PARTNERS: dict[str, tuple[str, ...]] = {"t1w": ("flair", "t2w")}
+
+
+def extra_partners(pairs: list[Pair]) -> dict[int, list[int]]:
+    """Index of each comparison -> indices of the comparisons of the same subject,
+    visits and region that are its extra contrasts: the FLAIR/T2w pool
+    (:func:`pool_partners`) and :data:`EXTRA_PARTNERS` (brain only). A detect stage
+    loads their register stages and computes their z-maps (docs/pipeline.md)."""
+    by_key = {(p.subject, p.visit, p.reference_visit, p.region, p.contrast): j
+              for j, p in enumerate(pairs)}
+    out = {i: [j] for i, j in pool_partners(pairs).items()}
+    for i, p in enumerate(pairs):
+        if p.region != "brain":
+            continue
+        js = [by_key.get((p.subject, p.visit, p.reference_visit, p.region, other))
+              for other in EXTRA_PARTNERS.get(p.contrast, ())]
+        if any(j is not None for j in js):
+            out[i] = [j for j in js if j is not None]
+    return out
+
+
 def _series_by_visit(rows: list[SeriesReport], qc: dict[str, dict[str, Any]]
                      ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The series entries of each visit as the visit summary will list them
@@ -682,6 +713,7 @@ def run_trial(
     vol_pairs = volume_pairs(pairs)  # brain T1w (else T2w) follow-up vs baseline
     vol_params = asdict(VolumeChangeParams())
     pooled = pool_partners(pairs)  # FLAIR comparison -> T2w comparison of the same visits
+    extras = extra_partners(pairs)  # ... and T1w -> FLAIR, T2w (extra contrasts)
     chain: dict[Any, tuple[str, Any]] = {}  # future -> (stage, pair index or series name)
     regs: dict[int, Any] = {}
     dets: dict[int, Any] = {}
@@ -690,28 +722,27 @@ def run_trial(
         return (by_name[pair.baseline_name].path / pair.baseline_name,
                 by_name[pair.followup_name].path / pair.followup_name)
 
-    def detect_kw(i: int, pool_j: int | None) -> dict[str, Any]:
+    def detect_kw(i: int, extra_js: list[int]) -> dict[str, Any]:
         pair = pairs[i]
         b, f = paths(pair)
         return {"reg": regs[i], "baseline": b, "followup": f, "region": pair.region,
                 "contrast": pair.contrast, "detection": det_params, "threads": threads_per_task,
                 "partners": {role: by_name[name].path / name
                              for role, name in pair.within.items()},
-                "pool": None if pool_j is None else
-                (regs[pool_j], *paths(pairs[pool_j]), pairs[pool_j].contrast)}
+                "extras": [(regs[j], *paths(pairs[j]), pairs[j].contrast) for j in extra_js]}
 
     def chain_evidence(i: int) -> None:
         ef = client.submit(_run_evidence, str(work), dets[i], paths(pairs[i])[0], pure=False,
                            retries=RETRIES)
         chain.update({dets[i]: ("detect", i), ef: ("evidence", i)})
 
-    def submit_detect(i: int, pool_j: int | None) -> None:
-        kw = detect_kw(i, pool_j)
+    def submit_detect(i: int, extra_js: list[int]) -> None:
+        kw = detect_kw(i, extra_js)
         dets[i] = client.submit(_run_detect, str(work), **kw, pure=False, retries=RETRIES)
         chain_evidence(i)
 
     def submit_detect_pool(i: int, j: int) -> None:
-        both = client.submit(_run_detect_pool, str(work), detect_kw(i, j), detect_kw(j, i),
+        both = client.submit(_run_detect_pool, str(work), detect_kw(i, [j]), detect_kw(j, [i]),
                              pure=False, retries=RETRIES)
         for k, n in enumerate((i, j)):
             dets[n] = client.submit(_pick, both, k, pure=False)
@@ -744,12 +775,11 @@ def run_trial(
             chain[vf] = ("volume", i)
     for i in range(len(pairs)):
         j = pooled.get(i)
-        if j is None:
-            submit_detect(i, None)
-        elif pooled.get(j) == i and i < j:  # the two of a pool in one task
-            submit_detect_pool(i, j)
-        elif pooled.get(j) != i:
-            submit_detect(i, j)
+        if j is not None and pooled.get(j) == i:  # the two of a pool in one task
+            if i < j:
+                submit_detect_pool(i, j)
+        else:
+            submit_detect(i, extras.get(i, []))
     # morphometry fills idle workers while the comparisons finish (cached for the reports)
     early = submit_early(client, out, _series_by_visit(rows, qc))
     got: dict[tuple[str, Any], StageResult | BaseException] = {}
@@ -771,14 +801,18 @@ def run_trial(
                 progress(stage, min(finished[stage], total), total)
 
     collect()
-    # a pooled detection whose partner's registration failed runs alone
-    redo = [i for i, j in pooled.items() if isinstance(got[("register", j)], BaseException)
-            and not isinstance(got[("register", i)], BaseException)]
-    for i in redo:
-        log.warning("%s: pooled comparison failed, compared alone", pairs[i].followup_name)
+    # a detection one of whose extra comparisons failed to register runs without it
+    def registered_ok(j: int) -> bool:
+        return not isinstance(got[("register", j)], BaseException)
+
+    redo = {i: [j for j in js if registered_ok(j)] for i, js in extras.items()
+            if registered_ok(i) and not all(registered_ok(j) for j in js)}
+    for i, ok_js in redo.items():
+        log.warning("%s: extra contrast comparison failed, compared without it",
+                    pairs[i].followup_name)
         finished["detect"] -= 1
         finished["evidence"] -= 1
-        submit_detect(i, None)
+        submit_detect(i, ok_js)
     collect()
     wait(early)
     compared: list[tuple[Pair, StageResult | None, str]] = []

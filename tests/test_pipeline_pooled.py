@@ -1,6 +1,7 @@
 """The pipeline pools each FLAIR comparison with the T2w comparison of the same
-visits (and the reverse), as ``mri-safety compare --extra-contrast`` does
-(docs/detection.md "Pooling FLAIR and T2w")."""
+visits (and the reverse), and gives each T1w comparison those two as extra
+contrasts, as ``mri-safety compare --extra-contrast`` does (docs/detection.md
+"Pooling FLAIR and T2w", docs/pipeline.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ SECRET = b"pipeline-pooled-secret-0123456789"
 
 
 def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
-    from pipelines.trial import Pair, pool_partners
+    from pipelines.trial import Pair, extra_partners, pool_partners
 
     def pair(visit: str, ref: str, contrast: str, region: str = "brain") -> Pair:
         return Pair("S1", visit, ref, "baseline" if ref == "baseline" else "previous", region,
@@ -22,20 +23,26 @@ def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
     pairs = [pair("24h", "baseline", "flair"), pair("24h", "baseline", "t2w"),
              pair("M2", "baseline", "flair"), pair("M2", "24h", "flair"),
              pair("M2", "24h", "t2w"), pair("M2", "baseline", "t1w"),
-             pair("M2", "baseline", "t2w", region="spine")]
+             pair("M2", "baseline", "t2w", region="spine"), pair("M2", "24h", "t1w"),
+             pair("24h", "baseline", "t1w", region="spine")]
     # M2 vs baseline FLAIR has no brain T2w partner (only a spine one): alone
     assert pool_partners(pairs) == {0: 1, 1: 0, 3: 4, 4: 3}
+    # T1w takes the FLAIR and T2w comparisons of its visits (those that exist), never
+    # across regions
+    assert extra_partners(pairs) == {0: [1], 1: [0], 3: [4], 4: [3], 5: [2], 7: [3, 4]}
 
 
 @pytest.mark.slow
 def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -> None:
+    """Each detect stage equals ``mri-safety compare`` with the same extra contrasts:
+    FLAIR pooled with T2w and the reverse, T1w with FLAIR and T2w as extras."""
     from distributed import Client
 
     from mri_safety.change.compare import compare_main
     from pipelines.cluster import local_cluster
     from pipelines.trial import run_trial
 
-    trial = small_synthetic_trial(tmp_path_factory, ("02_FLAIR", "03_T2w"))
+    trial = small_synthetic_trial(tmp_path_factory, ("01_T1w", "02_FLAIR", "03_T2w"))
     out = tmp_path / "out"
     with local_cluster(n_workers=2) as c, Client(c) as client:
         summary = run_trial(trial / "dicom", out, client, secret=SECRET,
@@ -43,28 +50,27 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
     assert not summary.failures
     comps = [c for v in sorted((out / "visits").glob("*/ses-*/visit_summary.json"))
              for c in json.loads(v.read_text())["comparisons"]]
-    assert len(comps) == 6  # 24h: 1 per series; M2: vs baseline and vs 24h
+    assert len(comps) == 9  # 24h: 1 per series; M2: vs baseline and vs 24h
+    wanted = {"flair": ["t2w"], "t2w": ["flair"], "t1w": ["flair", "t2w"]}
     for comp in comps:
         doc = json.loads(((out / comp["manifest"]).parent / "candidates.json").read_text())
-        other = {"flair": "t2w", "t2w": "flair"}[comp["contrast"]]
-        (ex,) = doc["parameters"]["extra_contrasts"]
-        assert ex["contrast"] == other and 0.0 <= ex["pooled_rho"] < 1.0
-        assert doc["inputs"]["extra"][0]["contrast"] == other
-    # the FLAIR M2-vs-baseline stage gives what compare gives with the T2w pair as
-    # extra contrast (one thread, as the pipeline's tasks)
-    comp = next(c for c in comps if c["contrast"] == "flair" and c["visit"] == "M2"
-                and c["kind"] == "baseline")
-    t2 = next(c for c in comps if c["contrast"] == "t2w" and c["visit"] == "M2"
-              and c["kind"] == "baseline")
-    # and so does the T2w stage, run second in the pool's task with both z-maps taken
-    # from the FLAIR stage's computation
-    for mine, other in ((comp, t2), (t2, comp)):
-        cmp = tmp_path / f"cmp-{mine['contrast']}"
+        exs = doc["parameters"]["extra_contrasts"]
+        assert [e["contrast"] for e in exs] == wanted[comp["contrast"]]
+        assert [e["contrast"] for e in doc["inputs"]["extra"]] == wanted[comp["contrast"]]
+        for e in exs:  # pooled within the T2 family only
+            assert ("pooled_rho" in e) == (comp["contrast"] != "t1w")
+    # the M2-vs-baseline stages give what compare gives with the other series' pairs as
+    # extra contrasts (one thread, as the pipeline's tasks); the T2w stage runs second in
+    # the pool's task with both z-maps taken from the FLAIR stage's computation
+    by = {c["contrast"]: c for c in comps if c["visit"] == "M2" and c["kind"] == "baseline"}
+    for contrast, others in wanted.items():
+        mine = by[contrast]
+        cmp = tmp_path / f"cmp-{contrast}"
         doc = compare_main(out / "bids" / mine["baseline_name"],
                            out / "bids" / mine["followup_name"], cmp,
-                           region="brain", contrast=mine["contrast"],
-                           extra=[(out / "bids" / other["baseline_name"],
-                                   out / "bids" / other["followup_name"], other["contrast"])],
+                           region="brain", contrast=contrast,
+                           extra=[(out / "bids" / by[o]["baseline_name"],
+                                   out / "bids" / by[o]["followup_name"], o) for o in others],
                            threads=1)
         assert doc["parameters"]["registration_threads"] == 1
         stage_dir = (out / mine["manifest"]).parent
@@ -101,15 +107,15 @@ def test_pooled_detections_compute_each_zmap_once(tmp_path_factory, tmp_path,
         man = json.loads((out / mine["manifest"]).read_text())
         up = man["upstream"]
         reg = StageResult("register", up["register"], work / "register" / up["register"], False)
-        preg = StageResult("register", up["pool_register"],
-                           work / "register" / up["pool_register"], False)
+        preg = StageResult("register", up["extra_register"],
+                           work / "register" / up["extra_register"], False)
         bids = out / "bids"
         return {"reg": reg, "baseline": bids / mine["baseline_name"],
                 "followup": bids / mine["followup_name"], "region": "brain",
                 "contrast": contrast, "detection": man["parameters"]["detection"],
                 "threads": 1, "partners": {},
-                "pool": (preg, bids / theirs["baseline_name"], bids / theirs["followup_name"],
-                         other)}
+                "extras": [(preg, bids / theirs["baseline_name"],
+                            bids / theirs["followup_name"], other)]}
 
     calls = []
     real = compare.z_registered
