@@ -552,6 +552,19 @@ def extra_partners(pairs: list[Pair]) -> dict[int, list[int]]:
     return out
 
 
+def without_failed(extras: dict[int, list[int]], registered: set[int]
+                   ) -> dict[int, list[int]]:
+    """The detections to run again, each with the extra comparisons left to it:
+    those registered (``registered``: indices whose register stage succeeded)
+    whose extras (:func:`extra_partners`) are not all registered.
+
+    >>> without_failed({0: [1], 1: [0], 2: [0, 1], 3: [4]}, {0, 2, 3, 4})
+    {0: [], 2: [0]}
+    """
+    return {i: [j for j in js if j in registered] for i, js in extras.items()
+            if i in registered and not set(js) <= registered}
+
+
 def _series_by_visit(rows: list[SeriesReport], qc: dict[str, dict[str, Any]]
                      ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The series entries of each visit as the visit summary will list them
@@ -802,11 +815,8 @@ def run_trial(
 
     collect()
     # a detection one of whose extra comparisons failed to register runs without it
-    def registered_ok(j: int) -> bool:
-        return not isinstance(got[("register", j)], BaseException)
-
-    redo = {i: [j for j in js if registered_ok(j)] for i, js in extras.items()
-            if registered_ok(i) and not all(registered_ok(j) for j in js)}
+    redo = without_failed(extras, {i for i in range(len(pairs))
+                                   if not isinstance(got[("register", i)], BaseException)})
     for i, ok_js in redo.items():
         log.warning("%s: extra contrast comparison failed, compared without it",
                     pairs[i].followup_name)
