@@ -236,6 +236,27 @@ def test_generation_is_deterministic(study: Path, tmp_path: Path) -> None:
         assert np.array_equal(x, y), rel
 
 
+def test_anatomy_registration_does_not_depend_on_the_thread_count() -> None:
+    """The generator's anatomy (cached per machine) comes from a Mattes MI registration
+    of the MNI template; summed over threads, its parameters differed by thread count
+    and from run to run (2e-5 with 2 threads), so two machines drew different lesion
+    sites for one seed. It runs on one thread: identical whatever ITK's default."""
+    need_data("dicom", "brain-t1-3d")
+    import SimpleITK as sitk
+
+    from mri_safety.synth import anatomy as anat
+    from mri_safety.threads import itk_threads
+
+    t1, aff = anat._to_working_grid(anat.load_head(), 1.0)
+    _, crude = anat._crude_brain(t1, 1.0)
+    params = []
+    for n in (1, 2, 2):
+        with itk_threads(n):
+            params.append(anat._register_mni(t1, aff, crude).GetParameters())
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() >= 1
+    assert params[0] == params[1] == params[2]
+
+
 def test_synth_main_rejects_bad_arguments(tmp_path: Path) -> None:
     from mri_safety.synth import synth_main
 

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from mri_safety.synth.sitkutil import array_to_sitk, sitk_to_array
+from mri_safety.threads import itk_threads
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DATA_ROOT = Path(os.environ.get("MRI_SAFETY_DATA", _DEFAULT_DATA))
@@ -35,7 +36,12 @@ HEAD_REF_NIFTI = DATA_ROOT / "dicom" / "brain-t1-3d" / "ref" / "anat-T1w.nii.gz"
 #: Tissue classes (index into ``Anatomy.probs`` along axis 0).
 CLASSES: tuple[str, ...] = ("background", "csf", "gm", "wm", "skull", "scalp", "fat", "vessel")
 BG, CSF, GM, WM, SKULL, SCALP, FAT, VESSEL = range(len(CLASSES))
-_VERSION = "anatomy-v3"
+#: cache version of derived anatomies; v4 (2026-12-04): the MNI registration runs on one
+#: thread (v3 followed ITK's default thread count, and Mattes MI summed over threads
+#: differs by thread count and from run to run: 2e-5 in the affine parameters with 2
+#: threads, which moves a tissue mask by a voxel here and there and with it every random
+#: lesion placement drawn from it, so two machines generated different studies per seed)
+_VERSION = "anatomy-v4"
 
 
 @dataclass
@@ -178,36 +184,40 @@ def _to_working_grid(head: nib.Nifti1Image, voxel_mm: float) -> tuple[np.ndarray
 
 
 def _register_mni(t1: np.ndarray, aff: np.ndarray, crude_brain: np.ndarray) -> sitk.Transform:
-    """Affine MNI -> subject (ITK convention: maps subject points to MNI points)."""
-    from nilearn import datasets
+    """Affine MNI -> subject (ITK convention: maps subject points to MNI points).
 
-    mni = datasets.load_mni152_template(resolution=2)
-    mni_mask = datasets.load_mni152_brain_mask(resolution=2)
-    moving = array_to_sitk(np.asarray(mni.get_fdata(), np.float32), mni.affine)
-    moving_mask = array_to_sitk((mni_mask.get_fdata() > 0.5).astype(np.float32), mni.affine)
-    fixed = array_to_sitk(t1, aff)
-    fmask = array_to_sitk(crude_brain.astype(np.float32), aff)
-    # Down-sample fixed to 3 mm for speed.
-    f3 = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, 1.5), [3] * 3)
-    m3 = sitk.Cast(sitk.Shrink(sitk.BinaryDilate(sitk.Cast(fmask > 0.5, sitk.sitkUInt8), [3] * 3),
-                               [3] * 3), sitk.sitkUInt8)
-    fixed_brain = sitk.Mask(f3, m3)
-    init = sitk.CenteredTransformInitializer(
-        sitk.Cast(m3, sitk.sitkFloat32), moving_mask, sitk.AffineTransform(3),
-        sitk.CenteredTransformInitializerFilter.MOMENTS)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(32)
-    reg.SetMetricSamplingStrategy(reg.REGULAR)
-    reg.SetMetricSamplingPercentage(0.3, seed=12345)
-    reg.SetMetricFixedMask(m3)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 300, relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([2, 1])
-    reg.SetSmoothingSigmasPerLevel([2.0, 0.0])
-    reg.SetInitialTransform(init, inPlace=False)
-    tx = reg.Execute(fixed_brain, moving)
-    return tx
+    Runs on one ITK thread (every filter): Mattes MI summed over threads differed
+    by thread count and from run to run (see ``_VERSION``); the registration's own
+    ``SetNumberOfThreads(1)`` was not enough."""
+    with itk_threads(1):
+        from nilearn import datasets
+
+        mni = datasets.load_mni152_template(resolution=2)
+        mni_mask = datasets.load_mni152_brain_mask(resolution=2)
+        moving = array_to_sitk(np.asarray(mni.get_fdata(), np.float32), mni.affine)
+        moving_mask = array_to_sitk((mni_mask.get_fdata() > 0.5).astype(np.float32), mni.affine)
+        fixed = array_to_sitk(t1, aff)
+        fmask = array_to_sitk(crude_brain.astype(np.float32), aff)
+        # Down-sample fixed to 3 mm for speed.
+        f3 = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, 1.5), [3] * 3)
+        dil = sitk.BinaryDilate(sitk.Cast(fmask > 0.5, sitk.sitkUInt8), [3] * 3)
+        m3 = sitk.Cast(sitk.Shrink(dil, [3] * 3), sitk.sitkUInt8)
+        fixed_brain = sitk.Mask(f3, m3)
+        init = sitk.CenteredTransformInitializer(
+            sitk.Cast(m3, sitk.sitkFloat32), moving_mask, sitk.AffineTransform(3),
+            sitk.CenteredTransformInitializerFilter.MOMENTS)
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(32)
+        reg.SetMetricSamplingStrategy(reg.REGULAR)
+        reg.SetMetricSamplingPercentage(0.3, seed=12345)
+        reg.SetMetricFixedMask(m3)
+        reg.SetInterpolator(sitk.sitkLinear)
+        reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 300, relaxationFactor=0.6)
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetShrinkFactorsPerLevel([2, 1])
+        reg.SetSmoothingSigmasPerLevel([2.0, 0.0])
+        reg.SetInitialTransform(init, inPlace=False)
+        return reg.Execute(fixed_brain, moving)
 
 
 def _crude_brain(t1: np.ndarray, vox: float) -> tuple[np.ndarray, np.ndarray]:
