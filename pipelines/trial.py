@@ -507,6 +507,24 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan],
     return out
 
 
+def _partners_by_table(pairs: list[Pair], table: dict[str, tuple[str, ...]],
+                       regions: tuple[str, ...] | None = None) -> dict[int, list[int]]:
+    """Index of each comparison -> indices of the comparisons of the same subject,
+    visits and region whose contrasts ``table`` lists for its contrast (in the
+    table's order; only comparisons in ``regions``, default any; empty lists left out)."""
+    by_key = {(p.subject, p.visit, p.reference_visit, p.region, p.contrast): j
+              for j, p in enumerate(pairs)}
+    out = {}
+    for i, p in enumerate(pairs):
+        if regions is not None and p.region not in regions:
+            continue
+        js = [by_key.get((p.subject, p.visit, p.reference_visit, p.region, other))
+              for other in table.get(p.contrast, ())]
+        if found := [j for j in js if j is not None]:
+            out[i] = found
+    return out
+
+
 def pool_partners(pairs: list[Pair]) -> dict[int, int]:
     """Index of each FLAIR comparison -> index of the T2w comparison of the same
     subject, visits and region, and the reverse: a new lesion is bright on both,
@@ -515,16 +533,7 @@ def pool_partners(pairs: list[Pair]) -> dict[int, int]:
     docs/detection.md), computed from the other's register stage."""
     from mri_safety.change.compare import POOLED
 
-    by_key = {(p.subject, p.visit, p.reference_visit, p.region, p.contrast): j
-              for j, p in enumerate(pairs)}
-    out = {}
-    for i, p in enumerate(pairs):
-        for other in POOLED.get(p.contrast, ()):
-            j = by_key.get((p.subject, p.visit, p.reference_visit, p.region, other))
-            if j is not None:
-                out[i] = j
-                break
-    return out
+    return {i: js[0] for i, js in _partners_by_table(pairs, POOLED).items()}
 
 
 #: brain comparisons that take comparisons of other contrasts of the same visits as extra
@@ -539,17 +548,8 @@ def extra_partners(pairs: list[Pair]) -> dict[int, list[int]]:
     visits and region that are its extra contrasts: the FLAIR/T2w pool
     (:func:`pool_partners`) and :data:`EXTRA_PARTNERS` (brain only). A detect stage
     loads their register stages and computes their z-maps (docs/pipeline.md)."""
-    by_key = {(p.subject, p.visit, p.reference_visit, p.region, p.contrast): j
-              for j, p in enumerate(pairs)}
-    out = {i: [j] for i, j in pool_partners(pairs).items()}
-    for i, p in enumerate(pairs):
-        if p.region != "brain":
-            continue
-        js = [by_key.get((p.subject, p.visit, p.reference_visit, p.region, other))
-              for other in EXTRA_PARTNERS.get(p.contrast, ())]
-        if any(j is not None for j in js):
-            out[i] = [j for j in js if j is not None]
-    return out
+    return {**{i: [j] for i, j in pool_partners(pairs).items()},
+            **_partners_by_table(pairs, EXTRA_PARTNERS, ("brain",))}
 
 
 def without_failed(extras: dict[int, list[int]], registered: set[int]
