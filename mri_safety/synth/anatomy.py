@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from mri_safety.synth.sitkutil import array_to_sitk, sitk_to_array
+from mri_safety.synth.sitkutil import array_to_sitk, mattes_register, sitk_to_array
 from mri_safety.threads import itk_threads
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -186,9 +186,8 @@ def _to_working_grid(head: nib.Nifti1Image, voxel_mm: float) -> tuple[np.ndarray
 def _register_mni(t1: np.ndarray, aff: np.ndarray, crude_brain: np.ndarray) -> sitk.Transform:
     """Affine MNI -> subject (ITK convention: maps subject points to MNI points).
 
-    Runs on one ITK thread (every filter): Mattes MI summed over threads differed
-    by thread count and from run to run (see ``_VERSION``); the registration's own
-    ``SetNumberOfThreads(1)`` was not enough."""
+    Runs on one ITK thread, the preparing filters too (see ``_VERSION`` and
+    :func:`~mri_safety.synth.sitkutil.mattes_register`)."""
     with itk_threads(1):
         from nilearn import datasets
 
@@ -206,18 +205,8 @@ def _register_mni(t1: np.ndarray, aff: np.ndarray, crude_brain: np.ndarray) -> s
         init = sitk.CenteredTransformInitializer(
             sitk.Cast(m3, sitk.sitkFloat32), moving_mask, sitk.AffineTransform(3),
             sitk.CenteredTransformInitializerFilter.MOMENTS)
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(32)
-        reg.SetMetricSamplingStrategy(reg.REGULAR)
-        reg.SetMetricSamplingPercentage(0.3, seed=12345)
-        reg.SetMetricFixedMask(m3)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 300, relaxationFactor=0.6)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([2.0, 0.0])
-        reg.SetInitialTransform(init, inPlace=False)
-        return reg.Execute(fixed_brain, moving)
+        return mattes_register(fixed_brain, moving, m3, init, sampling=0.3, min_step=1e-4,
+                               iterations=300, sigmas=(2.0, 0.0))
 
 
 def _crude_brain(t1: np.ndarray, vox: float) -> tuple[np.ndarray, np.ndarray]:
