@@ -256,9 +256,10 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
             # visit; abnormalities already there are true, scored apart (they may evolve)
             pname = t["visits"][vi - 1]["name"]
             earlier = [i for i in t["visits"][vi - 1]["new_abnormality_ids"]
-                       if kinds.get(i, t["abnormalities"][i - 1]["kind"]) != "ventricles"]
+                       if t["abnormalities"][i - 1]["kind"] != "ventricles"]
             new = [i for i in ids if i not in t["visits"][vi - 1]["new_abnormality_ids"]]
             ptx = sitk.ReadTransform(str(gt / pname / "followup_to_baseline.tfm")).GetInverse()
+            prev_lab = _load(gt / pname / "labels_baseline.nii.gz")
             pbest: dict[int, float] = {}
             phit: set[int] = set()
             for kind, (_contrast, region) in PAIRS.items():
@@ -270,7 +271,7 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
                           if vc.ventricular_enlargement else [])
                 truth = _truth_on(brain_lab, [i for i in new if kinds[i] != "ventricles"], b, ptx)
                 vent = _truth_on(brain_lab, [i for i in new if kinds[i] == "ventricles"], b, ptx)
-                before = _truth_on(_load(gt / pname / "labels_baseline.nii.gz"), earlier, b, ptx)
+                before = _truth_on(prev_lab, earlier, b, ptx)
                 for i, m in truth.items():
                     pbest[i] = max(pbest.get(i, 0.0),
                                    float(np.abs(res.z[m]).max()) if m.any() else 0.0)
