@@ -6,10 +6,15 @@ replaces only its own section and stamps it with the date and host facts.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mri_safety.change.params import DetectParams
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 _HEADER = (
@@ -31,3 +36,30 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
+
+
+def add_param_overrides(ap: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable): detection parameters other than
+    ``configs/detection.yaml`` for a comparison run (e.g. ``--set
+    local_reference_mm=0`` for the global lesion-likeness rule). Such a run
+    prints its tables and does not write results.md."""
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="detection parameter override (no write)")
+
+
+def params_from(overrides: list[str]) -> DetectParams | None:
+    """The detection parameters of ``--set`` values (YAML-typed), None without any."""
+    import yaml
+
+    from mri_safety.change.params import load_params
+
+    if not overrides:
+        return None
+    kv: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        kv[key.strip()] = yaml.safe_load(value)
+    print(f"detection parameter overrides: {kv} (results.md not written)", flush=True)
+    return load_params(**kv)

@@ -45,10 +45,11 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+from _results import add_param_overrides, params_from, write_section  # noqa: E402
 from detect_synth import _bin as _size_bin  # noqa: E402
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
+from mri_safety.change.params import DetectParams  # noqa: E402
 from mri_safety.register.transforms import sitk_affine_ras  # noqa: E402
 from mri_safety.synth import abnormal as ab  # noqa: E402
 from mri_safety.synth.acquire import (  # noqa: E402
@@ -67,6 +68,8 @@ warnings.filterwarnings("ignore")
 
 PROTOCOLS = {"clinical": "full", "coarse": "small"}
 KINDS = ("FLAIR", "T2w", "T2starw")
+#: detection parameters of this run (``--set``); None = configs/detection.yaml
+PARAMS: DetectParams | None = None
 #: abnormality -> (series, compare contrast, pooled partner series and contrast)
 COMPARISONS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "lesion": ("FLAIR", "flair", ("T2w", "t2w")), "haemorrhage": ("T2starw", "t2starw", None)}
@@ -173,7 +176,8 @@ def evaluate(sp: SmallPair, kinds: tuple[str, ...] = tuple(COMPARISONS)
             extra = ([(imgs[0][partner[0]], imgs[1][partner[0]], partner[1])] if partner
                      else None)
             t0 = time.perf_counter()
-            res = detect_pair(imgs[0][series], imgs[1][series], contrast=contrast, extra=extra)
+            res = detect_pair(imgs[0][series], imgs[1][series], contrast=contrast, extra=extra,
+                              params=PARAMS)
             secs = time.perf_counter() - t0
             aff = sitk_affine_ras(res.baseline)
             tol = float(max(res.baseline.GetSpacing()))
@@ -232,7 +236,11 @@ def main() -> None:
     ap.add_argument("--lesions", type=int, default=8)
     ap.add_argument("--bleeds", type=int, default=4)
     ap.add_argument("--no-write", dest="write", action="store_false")
+    add_param_overrides(ap)
     a = ap.parse_args()
+    global PARAMS
+    PARAMS = params_from(a.overrides)
+    a.write = a.write and PARAMS is None
     anat = get_anatomy(1.0)
     truths: list[Truth] = []
     pairs: list[Pair] = []

@@ -51,12 +51,13 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+from _results import add_param_overrides, params_from, write_section  # noqa: E402
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
 from mri_safety.change.masks import arr, img_like  # noqa: E402
 from mri_safety.change.multicontrast import within_visit_from_extra  # noqa: E402
+from mri_safety.change.params import DetectParams  # noqa: E402
 from mri_safety.change.volume_finding import link_ventricle_margin  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
@@ -79,6 +80,8 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "FLAIR": (("T2w", "t2w"),), "T2w": (("FLAIR", "flair"),),
     "T1w": (("FLAIR", "flair"), ("T2w", "t2w"))}
 SIZE_BINS = ((2.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
+#: detection parameters of this run (``--set``); None = configs/detection.yaml
+PARAMS: DetectParams | None = None
 
 
 def _load(path: Path) -> sitk.Image:
@@ -126,7 +129,8 @@ def _detect(gt: Path, ref: str, vname: str, kind: str) -> tuple[Any, sitk.Image,
         (_load(gt / ref / "volumes" / f"{ek}.nii.gz"),
          _load(gt / vname / "volumes" / f"{ek}.nii.gz"), ec) for ek, ec in partners])
     t0 = time.perf_counter()
-    res = detect_pair(b, f, contrast=contrast, region=region, extra=extra, within=within)
+    res = detect_pair(b, f, contrast=contrast, region=region, extra=extra, within=within,
+                      params=PARAMS)
     return res, b, time.perf_counter() - t0
 
 
@@ -377,7 +381,11 @@ def main() -> None:
                     help="score only these follow-ups (a check; implies --no-write)")
     ap.add_argument("--no-previous", dest="previous", action="store_false",
                     help="skip the comparisons with the previous visit")
+    add_param_overrides(ap)
     a = ap.parse_args()
+    global PARAMS
+    PARAMS = params_from(a.overrides)
+    a.write = a.write and PARAMS is None
     studies = a.study
     if studies is None:
         from mri_safety.synth import synth_main

@@ -543,3 +543,36 @@ def test_ventricle_margin_not_given_to_a_mass_beside_enlarged_ventricles(
             on_mass
         assert any("not attached to a ventricular enlargement" in r
                    for x in on_mass for r in x["reasons"]), on_mass
+
+
+def test_lesion_likeness_is_judged_against_the_local_tissue(tmp_path: Path) -> None:
+    """A new lesion in a region of darker normal tissue (white matter on T2w: 0.6 x the
+    tissue median) reaching only 0.9 x the median (1.5 x its surroundings) is lesion-like
+    against the local tissue (``local_reference_mm``, default 5 mm) and flagged; with the
+    global rule alone (``local_reference_mm=0``: 1.2 x the median) it has no candidate.
+    A lesion of normal (median) tissue at 1.5 x is flagged by both."""
+    rng = np.random.default_rng(5)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    dark = _centred_ellipsoid(shape, (12, 30, 18)) & (head > 50)
+    dark[:, :40] = False                      # one half (j >= 40): a 'white matter' region
+    head[dark] *= 0.6
+    fu = head.copy()
+    in_dark = _ball(shape, (36, 58, 32), 2.5)
+    in_norm = _ball(shape, (36, 22, 32), 2.5)
+    assert dark[in_dark].all() and not dark[in_norm].any()
+    for b in (in_dark, in_norm):
+        fu[ndi.gaussian_filter(b.astype(float), 0.7) > 0.3] *= 1.5
+    bp, fp = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = sitk.ReadImage(str(bp)), sitk.ReadImage(str(fp))
+
+    def found(res: Any) -> tuple[bool, bool]:
+        hits = [res.labels == c["id"] for c in res.candidates if c["flagged"]]
+        return (any(bool(np.any(h & in_dark)) for h in hits),
+                any(bool(np.any(h & in_norm)) for h in hits))
+
+    local = detect_pair(b, f, contrast="t2w")
+    assert found(local) == (True, True), local.candidates
+    assert sum(c["flagged"] for c in local.candidates) == 2, local.candidates
+    glob = detect_pair(b, f, contrast="t2w", params=load_params(local_reference_mm=0.0))
+    assert found(glob) == (False, True), glob.candidates

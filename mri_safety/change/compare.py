@@ -19,7 +19,8 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    ``var = s0^2 + (delta * |grad|)^2`` (:mod:`mri_safety.change.zmap`), z-map;
 6. hysteresis + 26-connected components + minimum volume (mm3 and resolution
    elements) on both signs; FLAIR/T2 increases must also be lesion-like
-   (follow-up above ``hyper_ratio`` x tissue median); for T1w/SWI/... the
+   (follow-up above ``hyper_ratio`` x the local normal tissue, at most x the
+   tissue median: :func:`~mri_safety.change.zmap.lesion_level`); for T1w/SWI/... the
    baseline must be normal tissue (not a small bright vessel or fat);
    candidates mostly outside the parenchyma count from a collection-size volume;
 7. evidence = |peak z| (+ bonus per agreeing extra contrast, - penalties for an
@@ -69,6 +70,7 @@ from mri_safety.change.volume_finding import (
 from mri_safety.change.zmap import (
     combine_z,
     gradient_magnitude,
+    lesion_level,
     local_robust_sd,
     match_intensity,
     noise_model,
@@ -432,7 +434,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     allowed_pos = zp.brain.copy()
     allowed_neg = zp.brain.copy()
     if c in LESION_LIKE:
-        allowed_pos &= zp.fu >= p.hyper_ratio
+        # lesion-like: brighter than the surrounding normal tissue by hyper_ratio
+        allowed_pos &= zp.fu >= lesion_level(zp.base, zp.tissue, p.hyper_ratio,
+                                             p.local_reference_mm, sp)
     else:
         # T1w/SWI/...: a new focus arises in tissue of normal baseline intensity; changes of
         # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)
@@ -571,7 +575,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             reasons.append(f"at a baseline intensity edge ({100 * edge_share:.0f}% of noise "
                            f"from misregistration): evidence -{p.edge_penalty:g}")
         if c in LESION_LIKE and comp.sign > 0:
-            reasons.append("follow-up hyperintense relative to tissue (lesion-like)")
+            reasons.append("follow-up hyperintense relative to the surrounding tissue "
+                           "(lesion-like)")
         if not reportable and sctx is None:
             reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
                            if extra_axial else f"sign not reported as a finding for {c}")

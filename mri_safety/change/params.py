@@ -34,6 +34,10 @@ class DetectParams(BaseModel):
         of the brain median intensity (lesion-like, not only brighter); for
         T2*w/SWI a decrease must bring it below 1 / hyper_ratio (a hypointense focus,
         not only darker).
+    local_reference_mm: FLAIR/T2w/PD/DWI: the tissue the ``hyper_ratio`` multiplies is
+        the local normal tissue, a Gaussian mean of this sigma (mm), where it is
+        darker than the tissue median (never brighter);
+        0 = the tissue median everywhere (``zmap.lesion_level``).
     normal_range_pct: for contrasts without a lesion-likeness rule (T1w, SWI, ...), a
         change counts only where the baseline lies within the [pct, 100 - pct]
         percentiles of baseline tissue (not a vessel, fat or CSF already).
@@ -59,6 +63,7 @@ class DetectParams(BaseModel):
     smooth_mm: float = Field(1.0, ge=0)
     edge_misregistration_mm: float | None = Field(None, ge=0)
     hyper_ratio: float = Field(1.2, gt=0)
+    local_reference_mm: float = Field(5.0, ge=0)
     normal_range_pct: float = Field(2.0, ge=0, lt=50)
     extra_axial_min_volume_mm3: float = Field(250.0, ge=0)
     dipole_mm: float = Field(3.0, ge=0)

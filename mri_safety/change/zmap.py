@@ -168,6 +168,37 @@ def remove_low_frequency(diff: NDArray[np.floating], mask: NDArray[np.bool_],
     return (d - off.astype(np.float32)).astype(np.float32)
 
 
+def lesion_level(base: NDArray[np.floating], tissue: NDArray[np.bool_], ratio: float,
+                 sigma_mm: float, spacing_mm: tuple[float, ...]) -> NDArray[np.float32]:
+    """Per-voxel level a follow-up must reach to be hyperintense, lesion-like.
+
+    ``ratio`` x the LOCAL normal tissue intensity, never above ``ratio`` x the
+    tissue median (``base`` is normalised so that median = 1): ``local`` is the
+    Gaussian mean (sigma ``sigma_mm``, world mm) of ``base`` over ``tissue``
+    voxels not already above ``ratio`` (normalised convolution, so lesions and
+    the CSF outside ``tissue`` do not pull it), and the level is
+    ``ratio * min(1, local)``. A lesion in white matter darker than the tissue
+    median (T2w, FLAIR at some field strengths) is judged against that white
+    matter, as a reader does, instead of against the grey-matter-weighted
+    median; the level is never raised above the global rule. Where tissue is
+    too sparse to say (weight < 0.1), the global level ``ratio`` holds.
+    ``sigma_mm <= 0`` gives the global level everywhere.
+
+    >>> b = np.ones((40, 20, 20), np.float32); b[20:] = 0.8   # darker half
+    >>> lv = lesion_level(b, np.ones(b.shape, bool), 1.2, 3.0, (1.0, 1.0, 1.0))
+    >>> round(float(lv[5, 10, 10]), 3), round(float(lv[35, 10, 10]), 3)
+    (1.2, 0.96)
+    """
+    if sigma_mm <= 0:
+        return np.full(base.shape, ratio, np.float32)
+    ref = tissue & (base < ratio)
+    sig = [sigma_mm / float(s) for s in spacing_mm]
+    w = ndi.gaussian_filter(ref.astype(np.float32), sig, mode="constant")
+    num = ndi.gaussian_filter(np.where(ref, base, 0.0).astype(np.float32), sig, mode="constant")
+    local = np.where(w >= 0.1, num / np.maximum(w, 1e-6), 1.0)
+    return (ratio * np.minimum(1.0, local)).astype(np.float32)
+
+
 def _blocks(a: NDArray[np.floating], m: NDArray[np.bool_], f: list[int]
             ) -> tuple[NDArray[np.float64], tuple[int, ...]]:
     """Reshape ``a`` (NaN outside ``m``) into blocks of ``f`` voxels: (nblocks..., nvox)."""
