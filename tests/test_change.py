@@ -546,23 +546,23 @@ def test_ventricle_margin_not_given_to_a_mass_beside_enlarged_ventricles(
 
 
 def test_lesion_likeness_is_judged_against_the_local_tissue(tmp_path: Path) -> None:
-    """A new lesion in a region of darker normal tissue (white matter on T2w: 0.6 x the
-    tissue median) reaching only 0.9 x the median (1.5 x its surroundings) is lesion-like
+    """A new lesion in a region of darker normal tissue (white matter on T2w: 0.85 x the
+    tissue median) reaching 1.1 x the median (1.3 x its surroundings) is lesion-like
     against the local tissue (``local_reference_mm``, default 5 mm) and flagged; with the
     global rule alone (``local_reference_mm=0``: 1.2 x the median) it has no candidate.
-    A lesion of normal (median) tissue at 1.5 x is flagged by both."""
+    A lesion of normal (median) tissue at 1.3 x is flagged by both."""
     rng = np.random.default_rng(5)
     shape = (72, 80, 64)
     head = _synthetic_head(shape, rng)
     dark = _centred_ellipsoid(shape, (12, 30, 18)) & (head > 50)
     dark[:, :40] = False                      # one half (j >= 40): a 'white matter' region
-    head[dark] *= 0.6
+    head[dark] *= 0.85
     fu = head.copy()
     in_dark = _ball(shape, (36, 58, 32), 2.5)
     in_norm = _ball(shape, (36, 22, 32), 2.5)
     assert dark[in_dark].all() and not dark[in_norm].any()
     for b in (in_dark, in_norm):
-        fu[ndi.gaussian_filter(b.astype(float), 0.7) > 0.3] *= 1.5
+        fu[ndi.gaussian_filter(b.astype(float), 0.7) > 0.3] *= 1.3
     bp, fp = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
     b, f = sitk.ReadImage(str(bp)), sitk.ReadImage(str(fp))
 

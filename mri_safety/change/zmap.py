@@ -174,24 +174,27 @@ def lesion_level(base: NDArray[np.floating], tissue: NDArray[np.bool_], ratio: f
 
     ``ratio`` x the LOCAL normal tissue intensity, never above ``ratio`` x the
     tissue median (``base`` is normalised so that median = 1): ``local`` is the
-    Gaussian mean (sigma ``sigma_mm``, world mm) of ``base`` over ``tissue``
-    voxels not already above ``ratio`` (normalised convolution, so lesions and
-    the CSF outside ``tissue`` do not pull it), and the level is
-    ``ratio * min(1, local)``. A lesion in white matter darker than the tissue
-    median (T2w, FLAIR at some field strengths) is judged against that white
-    matter, as a reader does, instead of against the grey-matter-weighted
-    median; the level is never raised above the global rule. Where tissue is
-    too sparse to say (weight < 0.1), the global level ``ratio`` holds.
-    ``sigma_mm <= 0`` gives the global level everywhere.
+    Gaussian mean (sigma ``sigma_mm``, world mm) of ``base`` over normal
+    ``tissue``, the voxels within ``[1 / ratio, ratio)`` x the median
+    (normalised convolution: lesions, and CSF or its partial volume at the
+    ventricle and sulcal edges, do not pull it), and the level is
+    ``ratio * min(1, local)``, so between 1 and ``ratio`` x the median. A lesion
+    in white matter darker than the tissue median (T2w, FLAIR at some field
+    strengths) is judged against that white matter, as a reader does, instead
+    of against the grey-matter-weighted median; the level is never raised above
+    the global rule. Where normal tissue is too sparse to say (weight < 0.1),
+    the global level ``ratio`` holds. ``sigma_mm <= 0`` gives the global level
+    everywhere.
 
-    >>> b = np.ones((40, 20, 20), np.float32); b[20:] = 0.8   # darker half
+    >>> b = np.ones((40, 20, 20), np.float32); b[20:] = 0.88   # darker half
+    >>> b[38:] = 0.3                                             # CSF: not a reference
     >>> lv = lesion_level(b, np.ones(b.shape, bool), 1.2, 3.0, (1.0, 1.0, 1.0))
-    >>> round(float(lv[5, 10, 10]), 3), round(float(lv[35, 10, 10]), 3)
-    (1.2, 0.96)
+    >>> [round(float(lv[i, 10, 10]), 3) for i in (5, 30, 39)]
+    [1.2, 1.056, 1.056]
     """
     if sigma_mm <= 0:
         return np.full(base.shape, ratio, np.float32)
-    ref = tissue & (base < ratio)
+    ref = tissue & (base < ratio) & (base >= 1.0 / ratio)
     sig = [sigma_mm / float(s) for s in spacing_mm]
     w = ndi.gaussian_filter(ref.astype(np.float32), sig, mode="constant")
     num = ndi.gaussian_filter(np.where(ref, base, 0.0).astype(np.float32), sig, mode="constant")
