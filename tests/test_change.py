@@ -576,3 +576,37 @@ def test_lesion_likeness_is_judged_against_the_local_tissue(tmp_path: Path) -> N
     assert sum(c["flagged"] for c in local.candidates) == 2, local.candidates
     glob = detect_pair(b, f, contrast="t2w", params=load_params(local_reference_mm=0.0))
     assert found(glob) == (False, True), glob.candidates
+
+
+def test_small_focus_is_judged_lesion_like_at_the_followups_own_resolution(
+        tmp_path: Path) -> None:
+    """A 3 mm new lesion at 1.27 x the tissue loses its peak to the 1 mm smoothing
+    (smoothed follow-up under the 1.2 x lesion-likeness level everywhere in it) but is
+    above the level at the follow-up's own resolution, on normal baseline tissue: it is
+    flagged. The same focus on baseline CSF (a ventricle) gets no such allowance."""
+    from mri_safety.change.compare import register_pair, z_registered
+    from mri_safety.change.zmap import lesion_level
+
+    rng = np.random.default_rng(11)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    brain = _centred_ellipsoid(shape, (shape[0] * 0.36, shape[1] * 0.40, shape[2] * 0.36))
+    head[brain & (head > 50)] = 100.0          # flat tissue: the level is 1.2 x 100
+    fu = head.copy()
+    in_tissue = _ball(shape, (36, 58, 32), 1.5)
+    in_csf = _ball(shape, (36, 40, 32), 1.5)  # centre of the dark 'ventricle'
+    assert (head[in_tissue] > 80).all() and (head[in_csf] < 40).all()
+    fu[in_tissue] *= 1.27
+    fu[in_csf] = 1.27 * float(np.median(head[head > 50]))
+    bp, fp = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = sitk.ReadImage(str(bp)), sitk.ReadImage(str(fp))
+    p = load_params()
+    zp = z_registered(register_pair(b, f, threads=1, seed=p.seed), p)
+    level = lesion_level(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm,
+                         (1.0, 1.0, 1.0))
+    assert (zp.fu[in_tissue] < level[in_tissue]).all()          # smoothed: under the level
+    assert (zp.fu_native[in_tissue] >= level[in_tissue]).mean() > 0.8   # native: above it
+    res = detect_pair(b, f, contrast="flair")
+    hits = [res.labels == c["id"] for c in res.candidates if c["flagged"]]
+    assert any(bool(np.any(h & in_tissue)) for h in hits), res.candidates
+    assert not any(bool(np.any(h & in_csf)) for h in hits), res.candidates

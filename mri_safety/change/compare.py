@@ -142,6 +142,7 @@ class ZPair:
     z: NDArray[np.float32]
     base: NDArray[np.float32]          # normalised baseline (tissue median = 1)
     fu: NDArray[np.float32]            # normalised follow-up in baseline space
+    fu_native: NDArray[np.float32]     # ... at its own resolution (not smoothed, not degraded)
     brain: NDArray[np.bool_]           # search region (intracranial, covered by both)
     parenchyma: NDArray[np.bool_]      # brain mask (parenchyma + ventricles), covered
     tissue: NDArray[np.bool_]
@@ -311,6 +312,9 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     fs = f_sharp / max(float(np.median(f_sharp[norm])), 1e-6)
     fu_bright = dilate_mm(fs - ndi.grey_opening(fs, size=size) > 0.15, 2.0, sp)
     f = (f / scale).astype(np.float32)
+    # what the follow-up itself shows, for lesion-likeness: the smoothing and the profile
+    # matching serve the difference's noise and would dilute a small focus below the level
+    f_native = ((slope * f_sharp + icpt) / scale).astype(np.float32)
     d = f - b
     g_b = gradient_magnitude(b, sp)
     g = np.maximum(g_b, gradient_magnitude(f, sp))
@@ -341,7 +345,8 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
             "quality": round(max(0.0, ncc), 4), "status": status,
             "seconds": rp.registration["seconds"]},
     }
-    return ZPair(z=z, base=b, fu=f, brain=search, parenchyma=brain & covered, tissue=tissue,
+    return ZPair(z=z, base=b, fu=f, fu_native=f_native, brain=search,
+                 parenchyma=brain & covered, tissue=tissue,
                  edge_frac=edge_frac, baseline_bright=bright, followup_bright=fu_bright,
                  followup_in_baseline=f_raw, transform=tx, info=info)
 
@@ -435,8 +440,14 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     allowed_neg = zp.brain.copy()
     if c in LESION_LIKE:
         # lesion-like: brighter than the surrounding normal tissue by hyper_ratio
-        allowed_pos &= zp.fu >= lesion_level(zp.base, zp.tissue, p.hyper_ratio,
-                                             p.local_reference_mm, sp)
+        # after smoothing, or at the follow-up's own resolution, where a small focus keeps
+        # its contrast (a 3 mm lesion in 4 mm slices loses a third of it to the profile
+        # blur); the latter only on baseline tissue of normal intensity: on partial-volume
+        # CSF (ventricle, sulcal and cistern margins) a native-resolution increase is as
+        # well explained by the thick slices' partial volume shifting, or by CSF flow
+        level = lesion_level(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm, sp)
+        native = (zp.fu_native >= level) & (zp.base >= 1.0 / p.hyper_ratio)
+        allowed_pos &= (zp.fu >= level) | native
     else:
         # T1w/SWI/...: a new focus arises in tissue of normal baseline intensity; changes of
         # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)
@@ -444,7 +455,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         lo, hi = np.percentile(zp.base[zp.tissue], [p.normal_range_pct, 100 - p.normal_range_pct])
         normal = (zp.base >= lo) & (zp.base <= hi)
         if c in DARK_FOCUS:
-            allowed_neg &= zp.fu <= 1.0 / p.hyper_ratio
+            allowed_neg &= (zp.fu <= 1.0 / p.hyper_ratio) | (zp.fu_native <= 1.0 / p.hyper_ratio)
         else:
             normal &= ~zp.baseline_bright
         allowed_pos &= normal
