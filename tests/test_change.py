@@ -374,6 +374,43 @@ def test_extra_contrast_of_the_other_family_agrees_with_the_opposite_sign(tmp_pa
     assert csf_b["evidence_z"] == pytest.approx(csf_s["evidence_z"], abs=1e-3)
 
 
+def test_t1w_change_without_any_t2_change_loses_evidence(tmp_path: Path) -> None:
+    """T1w with a FLAIR extra covering the brain: a T1w decrease where FLAIR did not change
+    at all (|mean z| < extra_contrast_z) loses extra_contrast_bonus of evidence, with a
+    reason; one where FLAIR changed, in either direction (a lesion: brighter; tissue turned
+    CSF-like: darker), keeps its evidence. New tissue seen on T1w changes T2 signal too."""
+    rng = np.random.default_rng(12)
+    shape = (72, 80, 64)
+    t1 = _synthetic_head(shape, rng)
+    flair = _synthetic_head(shape, rng)
+    foci = {name: ndi.gaussian_filter(_ball(shape, c, 3.0).astype(float), 0.7) > 0.3
+            for name, c in (("t1_only", (24, 30, 32)), ("lesion", (48, 50, 30)),
+                            ("csf_like", (36, 58, 26)))}
+    t1_fu, flair_fu = t1.copy(), flair.copy()
+    for m in foci.values():
+        t1_fu[m] *= 0.6
+    flair_fu[foci["lesion"]] *= 1.6
+    flair_fu[foci["csf_like"]] *= 0.6
+    bt, ft, bf, ff = _save_noisy(tmp_path, [("t1b", t1), ("t1f", t1_fu), ("flb", flair),
+                                            ("flf", flair_fu)], rng)
+    solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t1w", None)
+    both = compare_main(bt, ft, tmp_path / "both", "brain", "t1w", [(bf, ff, "flair")])
+
+    def on(doc: dict[str, Any], out: str, where: np.ndarray) -> dict[str, Any]:
+        lab: Any = nib.load(str(tmp_path / out / "candidates.nii.gz"))
+        ids = np.asarray(lab.dataobj)[where]
+        assert ids.any(), f"no candidate on the change ({out})"
+        i = int(np.bincount(ids[ids > 0]).argmax())
+        return next(c for c in doc["candidates"] if c["id"] == i)
+
+    gain = {"t1_only": -1.0, "lesion": 1.0, "csf_like": 0.0}
+    for name, m in foci.items():
+        s, b = on(solo, "solo", m), on(both, "both", m)
+        assert b["evidence_z"] == pytest.approx(s["evidence_z"] + gain[name], abs=1e-3), name
+        silent = [r for r in b["reasons"] if r.startswith("no change on flair")]
+        assert bool(silent) == (name == "t1_only"), (name, b["reasons"])
+
+
 def test_combine_z_pools_evidence_and_stays_standard_normal_under_correlation() -> None:
     """Stouffer pooling: two correlated null maps pool to SD 1 (the correlation is
     estimated, not assumed); a change at z 3.5 in two independent maps pools to

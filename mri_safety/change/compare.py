@@ -130,6 +130,12 @@ def agreement_sign(main: str, extra: str) -> int | None:
     if fm is None or fe is None:
         return None
     return 1 if fm == fe else -1
+#: main contrasts whose candidates must also show on a T2-family extra, when the visit has
+#: one: new tissue visible on T1w without contrast agent (lesion, mass, collection, blood)
+#: also changes T2-weighted signal (T2 weighting is the more sensitive to pathology), in
+#: either direction; a T1w change with FLAIR/T2w/PD silent there is partial volume,
+#: inflow or noise. Post-contrast T1w is not listed: enhancement can be new alone.
+NEEDS_T2_CHANGE: dict[str, tuple[str, ...]] = {"t1w": ("flair", "t2w", "pd")}
 REVIEW_SCORE = 0.5
 #: RigidParams overrides of the detection registration (see register_pair).
 DETECT_RIGID: dict[str, Any] = {"gradient_filter": "all", "upsample_mm": None}
@@ -564,7 +570,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             ctype, reportable, loc = sd.type, sd.reportable, sd.location
             reasons += sd.reasons
         evidence = abs(comp.peak_z)
+        silent: list[str] = []  # NEEDS_T2_CHANGE extras covering the candidate, unchanged
         for k, (name, ezm) in enumerate(extra_z):
+            if name in NEEDS_T2_CHANGE.get(c, ()) and bool(extra_def[k].ravel()[comp.voxels].all()):
+                if abs(float(ezm.ravel()[comp.voxels].mean())) < p.extra_contrast_z:
+                    silent.append(name)
+                else:
+                    silent.append("")  # changed (either sign): not silent
             rel = agreement_sign(c, name)
             # mean z of the extra contrast in the direction that agrees (0: no relation)
             mz = float(rel * comp.sign * ezm.ravel()[comp.voxels].mean()) if rel else 0.0
@@ -576,6 +588,11 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                 else:
                     evidence += p.extra_contrast_bonus
                     reasons.append(f"{name} agrees (mean z {mz:.1f})")
+        if silent and all(silent):
+            evidence -= p.extra_contrast_bonus
+            reasons.append(f"no change on {', '.join(silent)} here (|mean z| < "
+                           f"{p.extra_contrast_z:g}), where new tissue seen on {c} would "
+                           f"show: evidence -{p.extra_contrast_bonus:g}")
         if bool(near[-comp.sign][comp.voxels].any()):
             evidence -= p.dipole_penalty
             reasons.append(f"opposite-sign change within {p.dipole_mm:g} mm (misregistration "
