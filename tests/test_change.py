@@ -336,6 +336,16 @@ def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
         (c["id"], c["evidence_z"], c["volume_mm3"]) for c in pooled["candidates"]]
 
 
+def _candidate_on(doc: dict[str, Any], out: Path, where: np.ndarray) -> dict[str, Any]:
+    """The candidate of ``doc`` (``out/candidates.json``) covering most of ``where``,
+    read from ``out/candidates.nii.gz``."""
+    lab: Any = nib.load(str(out / "candidates.nii.gz"))
+    ids = np.asarray(lab.dataobj)[where]
+    assert ids.any(), f"no candidate on the change ({out.name})"
+    i = int(np.bincount(ids[ids > 0]).argmax())
+    return next(c for c in doc["candidates"] if c["id"] == i)
+
+
 def test_extra_contrast_of_the_other_family_agrees_with_the_opposite_sign(tmp_path: Path
                                                                          ) -> None:
     """T1w with a FLAIR extra: a new lesion is T1-dark and FLAIR-bright, so the FLAIR
@@ -357,16 +367,10 @@ def test_extra_contrast_of_the_other_family_agrees_with_the_opposite_sign(tmp_pa
     solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t1w", None)
     both = compare_main(bt, ft, tmp_path / "both", "brain", "t1w", [(bf, ff, "flair")])
 
-    def on(doc: dict[str, Any], out: str, where: np.ndarray) -> dict[str, Any]:
-        """The candidate covering most of ``where``."""
-        lab: Any = nib.load(str(tmp_path / out / "candidates.nii.gz"))
-        ids = np.asarray(lab.dataobj)[where]
-        assert ids.any(), f"no candidate on the change ({out})"
-        i = int(np.bincount(ids[ids > 0]).argmax())
-        return next(c for c in doc["candidates"] if c["id"] == i)
-
-    les_s, les_b = on(solo, "solo", lesion), on(both, "both", lesion)
-    csf_s, csf_b = on(solo, "solo", csf_like), on(both, "both", csf_like)
+    les_s, les_b = _candidate_on(solo, tmp_path / "solo", lesion), \
+        _candidate_on(both, tmp_path / "both", lesion)
+    csf_s, csf_b = _candidate_on(solo, tmp_path / "solo", csf_like), \
+        _candidate_on(both, tmp_path / "both", csf_like)
     assert les_b["type"] == csf_b["type"] == "t1_signal_decrease"
     assert les_b["contrasts"] == ["t1w", "flair"]
     assert les_b["evidence_z"] == pytest.approx(les_s["evidence_z"] + 1.0, abs=1e-3)
@@ -396,16 +400,9 @@ def test_t1w_change_without_any_t2_change_loses_evidence(tmp_path: Path) -> None
     solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t1w", None)
     both = compare_main(bt, ft, tmp_path / "both", "brain", "t1w", [(bf, ff, "flair")])
 
-    def on(doc: dict[str, Any], out: str, where: np.ndarray) -> dict[str, Any]:
-        lab: Any = nib.load(str(tmp_path / out / "candidates.nii.gz"))
-        ids = np.asarray(lab.dataobj)[where]
-        assert ids.any(), f"no candidate on the change ({out})"
-        i = int(np.bincount(ids[ids > 0]).argmax())
-        return next(c for c in doc["candidates"] if c["id"] == i)
-
     gain = {"t1_only": -1.0, "lesion": 1.0, "csf_like": 0.0}
     for name, m in foci.items():
-        s, b = on(solo, "solo", m), on(both, "both", m)
+        s, b = _candidate_on(solo, tmp_path / "solo", m), _candidate_on(both, tmp_path / "both", m)
         assert b["evidence_z"] == pytest.approx(s["evidence_z"] + gain[name], abs=1e-3), name
         silent = [r for r in b["reasons"] if r.startswith("no change on flair")]
         assert bool(silent) == (name == "t1_only"), (name, b["reasons"])

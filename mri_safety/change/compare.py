@@ -130,6 +130,8 @@ def agreement_sign(main: str, extra: str) -> int | None:
     if fm is None or fe is None:
         return None
     return 1 if fm == fe else -1
+
+
 #: main contrasts whose candidates must also show on a T2-family extra, when the visit has
 #: one: new tissue visible on T1w without contrast agent (lesion, mass, collection, blood)
 #: also changes T2-weighted signal (T2 weighting is the more sensitive to pathology), in
@@ -570,16 +572,15 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             ctype, reportable, loc = sd.type, sd.reportable, sd.location
             reasons += sd.reasons
         evidence = abs(comp.peak_z)
-        silent: list[str] = []  # NEEDS_T2_CHANGE extras covering the candidate, unchanged
+        # NEEDS_T2_CHANGE extras covering the candidate: name -> changed there (either sign)
+        t2_changed: dict[str, bool] = {}
         for k, (name, ezm) in enumerate(extra_z):
+            mean_z = float(ezm.ravel()[comp.voxels].mean())
             if name in NEEDS_T2_CHANGE.get(c, ()) and bool(extra_def[k].ravel()[comp.voxels].all()):
-                if abs(float(ezm.ravel()[comp.voxels].mean())) < p.extra_contrast_z:
-                    silent.append(name)
-                else:
-                    silent.append("")  # changed (either sign): not silent
+                t2_changed[name] = abs(mean_z) >= p.extra_contrast_z
             rel = agreement_sign(c, name)
             # mean z of the extra contrast in the direction that agrees (0: no relation)
-            mz = float(rel * comp.sign * ezm.ravel()[comp.voxels].mean()) if rel else 0.0
+            mz = float(rel * comp.sign * mean_z) if rel else 0.0
             comp.extra[name] = mz
             if mz >= p.extra_contrast_z:
                 contrasts.append(name)
@@ -588,9 +589,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                 else:
                     evidence += p.extra_contrast_bonus
                     reasons.append(f"{name} agrees (mean z {mz:.1f})")
-        if silent and all(silent):
+        if t2_changed and not any(t2_changed.values()):
             evidence -= p.extra_contrast_bonus
-            reasons.append(f"no change on {', '.join(silent)} here (|mean z| < "
+            reasons.append(f"no change on {', '.join(t2_changed)} here (|mean z| < "
                            f"{p.extra_contrast_z:g}), where new tissue seen on {c} would "
                            f"show: evidence -{p.extra_contrast_bonus:g}")
         if bool(near[-comp.sign][comp.voxels].any()):
