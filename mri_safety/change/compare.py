@@ -55,6 +55,7 @@ from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
+from mri_safety.change.midline import Midline, centroid_midline, find_midline
 from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, within_visit_from_extra
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.change.resolution import match_profiles
@@ -360,7 +361,7 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
 
 
 def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float32],
-              affine: NDArray[np.float64], region: str) -> dict[str, Any]:
+              midline: Midline, region: str) -> dict[str, Any]:
     ijk = tuple(int(round(v)) for v in c.centroid_voxel)
     ijk = tuple(min(max(0, v), s - 1) for v, s in zip(ijk, brain.shape, strict=True))
     inside = bool(brain[ijk])
@@ -371,10 +372,7 @@ def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float
         tissue = "cortical_or_juxtacortical"
     else:
         tissue = "deep"
-    centre = np.argwhere(brain).mean(axis=0)
-    x_c = float((affine[:3, :3] @ centre + affine[:3, 3])[0])
-    side = "right" if c.centroid_ras_mm[0] > x_c else "left"
-    return {"region": region, "tissue": tissue, "side": side,
+    return {"region": region, "tissue": tissue, "side": midline.side(c.centroid_ras_mm),
             "depth_from_brain_surface_mm": round(dep, 1)}
 
 
@@ -527,6 +525,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                     allowed_pos=allowed_pos, allowed_neg=allowed_neg)
     z_review = review_threshold(int(zp.brain.sum()), sp, p.smooth_mm, p.review_fwe_alpha)
     depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
+    # the side of a finding is the side of the mid-sagittal plane (mri_safety.change.midline)
+    midline = (find_midline(rp.baseline_n4, zp.parenchyma, p.seed, p.registration_threads)
+               if sctx is None and zp.parenchyma.any() else centroid_midline(zp.brain, base))
     reg_status = zp.info["registration"]["status"]
     cands: list[dict[str, Any]] = []
     flat_edge = zp.edge_frac.ravel()
@@ -554,7 +555,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         ctype, reportable = FINDINGS[c][comp.sign]
         vfrac = (margin_fraction(comp.voxels, grown)
                  if grown is not None and comp.sign == CSF_GAIN_SIGN[c] else 0.0)
-        loc = _location(comp, zp.parenchyma, depth, aff, region)
+        loc = _location(comp, zp.parenchyma, depth, midline, region)
         inside = np.asarray(zp.parenchyma.ravel()[comp.voxels], bool)
         extra_axial = float(inside.mean()) < 0.5
         if extra_axial:
@@ -660,6 +661,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                         "region"),
         "noise_model": zp.info["noise"], "resolution": zp.info["resolution"],
         "mask_method": zp.info["mask_method"], "extra_contrasts": extra_info,
+        "midline": midline.record(),
         **({"spine": sctx.info} if sctx is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
