@@ -461,7 +461,12 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         lo, hi = np.percentile(zp.base[zp.tissue], [p.normal_range_pct, 100 - p.normal_range_pct])
         normal = (zp.base >= lo) & (zp.base <= hi)
         if c in DARK_FOCUS:
-            allowed_neg &= (zp.fu <= 1.0 / p.hyper_ratio) | (zp.fu_native <= 1.0 / p.hyper_ratio)
+            # hypointense relative to the surrounding normal tissue, the mirror of the
+            # lesion-like level: 1 / hyper_ratio x the local tissue where it is brighter
+            # than the median (grey matter on T2*w), never above the median
+            dark = lesion_level(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm, sp,
+                                sign=-1)
+            allowed_neg &= (zp.fu <= dark) | (zp.fu_native <= dark)
         else:
             normal &= ~zp.baseline_bright
         allowed_pos &= normal

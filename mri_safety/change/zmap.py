@@ -169,8 +169,10 @@ def remove_low_frequency(diff: NDArray[np.floating], mask: NDArray[np.bool_],
 
 
 def lesion_level(base: NDArray[np.floating], tissue: NDArray[np.bool_], ratio: float,
-                 sigma_mm: float, spacing_mm: tuple[float, ...]) -> NDArray[np.float32]:
-    """Per-voxel level a follow-up must reach to be hyperintense, lesion-like.
+                 sigma_mm: float, spacing_mm: tuple[float, ...], sign: int = 1
+                 ) -> NDArray[np.float32]:
+    """Per-voxel level a follow-up must reach to be hyperintense, lesion-like
+    (``sign`` = +1), or to be a hypointense focus (``sign`` = -1, see below).
 
     ``ratio`` x the LOCAL normal tissue intensity, never above ``ratio`` x the
     tissue median (``base`` is normalised so that median = 1): ``local`` is the
@@ -186,19 +188,33 @@ def lesion_level(base: NDArray[np.floating], tissue: NDArray[np.bool_], ratio: f
     the global level ``ratio`` holds. ``sigma_mm <= 0`` gives the global level
     everywhere.
 
+    ``sign`` = -1 is the mirror for dark foci (T2*w/SWI): the follow-up must
+    fall to ``max(1, local) / ratio``, i.e. below
+    ``1 / ratio`` x the local normal tissue where that is brighter than the
+    median (deep and cortical grey matter on T2*w), never above the median:
+    a microbleed in grey matter is judged against that grey matter.
+
     >>> b = np.ones((40, 20, 20), np.float32); b[20:] = 0.88   # darker half
     >>> b[38:] = 0.3                                             # CSF: not a reference
     >>> lv = lesion_level(b, np.ones(b.shape, bool), 1.2, 3.0, (1.0, 1.0, 1.0))
     >>> [round(float(lv[i, 10, 10]), 3) for i in (5, 30, 39)]
     [1.2, 1.056, 1.056]
+    >>> b = np.ones((40, 20, 20), np.float32); b[20:] = 1.15   # brighter half
+    >>> dl = lesion_level(b, np.ones(b.shape, bool), 1.2, 3.0, (1.0, 1.0, 1.0), sign=-1)
+    >>> [round(float(dl[i, 10, 10]), 3) for i in (5, 30)]
+    [0.833, 0.958]
     """
+    if sign not in (1, -1):
+        raise ValueError("lesion_level: sign must be +1 or -1")
     if sigma_mm <= 0:
-        return np.full(base.shape, ratio, np.float32)
+        return np.full(base.shape, ratio if sign > 0 else 1.0 / ratio, np.float32)
     ref = tissue & (base < ratio) & (base >= 1.0 / ratio)
     sig = [sigma_mm / float(s) for s in spacing_mm]
     w = ndi.gaussian_filter(ref.astype(np.float32), sig, mode="constant")
     num = ndi.gaussian_filter(np.where(ref, base, 0.0).astype(np.float32), sig, mode="constant")
     local = np.where(w >= 0.1, num / np.maximum(w, 1e-6), 1.0)
+    if sign < 0:
+        return (np.maximum(1.0, local) / ratio).astype(np.float32)
     return (ratio * np.minimum(1.0, local)).astype(np.float32)
 
 
