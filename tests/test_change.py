@@ -504,6 +504,44 @@ def test_dark_focus_found_in_bright_grey_matter_and_needs_hypointensity(tmp_path
     assert not np.any(np.isin(labels[fade], [c["id"] for c in flagged]))
 
 
+def test_dark_focus_is_judged_against_bright_local_tissue(tmp_path: Path) -> None:
+    """T2*w: a focus darkening to 0.9 x the tissue median inside a broad region of grey
+    matter 1.15 x the median is 0.78 x its surroundings: hypointense, a microbleed, and
+    flagged. Against the global level (1 / 1.2 = 0.83 x the median, the rule before
+    2026-12-04, ``local_reference_mm = 0``) it is not hypointense and not found."""
+    import SimpleITK as sitk
+
+    from mri_safety.change.compare import detect_registered, register_pair
+    from mri_safety.change.params import load_params
+
+    rng = np.random.default_rng(17)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    brain = (head > 50) & (head < 150) & ~_centred_ellipsoid(shape, (5, 11, 6))
+    grey = brain & (np.indices(shape)[0] >= 40)           # a third of the brain, 1.15 x
+    head[grey] *= 1.15
+    fu = head.copy()
+    focus = _ball(shape, (50, 40, 32), 3.0)
+    assert focus[grey].sum() == focus.sum()
+    fu[focus] = 90.0
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = (sitk.ReadImage(str(q), sitk.sitkFloat32) for q in paths)
+    # the images are given as their own N4 output: N4 would take a broad 15 % step for
+    # bias and flatten it, which is not what this test is about
+    p = load_params()
+    rp = register_pair(b, f, threads=p.registration_threads, seed=p.seed, baseline_n4=b,
+                       followup_n4=f)
+    local = detect_registered(rp, "t2starw", params=p)
+    glob = detect_registered(rp, "t2starw",
+                             params=p.model_copy(update={"local_reference_mm": 0.0}))
+    # candidate label maps are on the baseline grid, [i, j, k] like the arrays here
+    on = [c for c in local.candidates if c["flagged"] and np.any((local.labels == c["id"]) & focus)]
+    assert len(on) == 1 and on[0]["type"] == "new_dark_focus", local.candidates
+    assert not any(c["flagged"] and np.any((glob.labels == c["id"]) & focus)
+                   for c in glob.candidates)
+    assert float(local.z[focus].min()) < -local.parameters["z_review"]
+
+
 def test_ventricle_margin_marks_new_csf_rim_not_a_new_lesion(tmp_path: Path) -> None:
     """T1w: ventricles grown by 2 voxels at follow-up (tissue 100 -> CSF 20) and a new
     dark lesion (0.55 x tissue) in white matter far from them. Flagged candidates on

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from mri_safety.change.compare import compare_main
 from mri_safety.change.candidates import Component
+from mri_safety.change.compare import compare_main
 from mri_safety.change.multicontrast import (
     MultiContrastParams,
     adc_verdict,
