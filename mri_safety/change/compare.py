@@ -177,6 +177,9 @@ class ChangeResult:
     components: list[Component] = field(default_factory=list)
     #: further float32 maps on the baseline grid, written as ``<name>.nii.gz``
     maps: dict[str, NDArray[np.float32]] = field(default_factory=dict)
+    #: mid-sagittal plane of the baseline that ``location.side`` refers to
+    #: (``parameters["midline"]`` is its rounded record)
+    midline: Midline | None = None
 
 
 def _ncc(a: NDArray[np.floating], b: NDArray[np.floating], m: NDArray[np.bool_]) -> float:
@@ -672,7 +675,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     }
     res = ChangeResult(candidates=cands, labels=labels, z=z_used,
                        followup_in_baseline=zp.followup_in_baseline, baseline=base,
-                       registration=registration, parameters=parameters, components=comps)
+                       registration=registration, parameters=parameters, components=comps,
+                       midline=midline)
     # dwi + ADC, t1ce + pre-contrast T1w of the same visits (mri_safety.change.multicontrast)
     return apply_within_visit(res, rp, zp, c, p, within)
 

@@ -120,10 +120,8 @@ def find_midline(image: sitk.Image, brain: NDArray[np.bool_], seed: int = 202611
     except RuntimeError as e:  # sitk optimizer errors
         log.warning("mid-sagittal plane: mirror registration failed (%s); brain centroid used", e)
         return centroid_midline(brain, img)
-    t = res.transform
-    a_t = np.asarray(t.GetMatrix(), np.float64).reshape(3, 3) if hasattr(t, "GetMatrix") else None
-    if a_t is None:
-        return centroid_midline(brain, img)
+    t = sitk.Euler3DTransform(res.transform)  # rigid, sitk backend: an Euler transform
+    a_t = np.asarray(t.GetMatrix(), np.float64).reshape(3, 3)
     a = np.diag([-1.0, 1.0, 1.0]) @ a_t  # linear part of S = mirror o T (LPS)
     w, v = np.linalg.eigh(0.5 * (a + a.T))
     if w[0] > -0.9:

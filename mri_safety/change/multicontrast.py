@@ -43,7 +43,7 @@ from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, dilate_mm, erode_mm, img_like
-from mri_safety.change.midline import Midline
+from mri_safety.change.midline import centroid_midline
 from mri_safety.change.resolution import match_profiles
 from mri_safety.change.zmap import (
     gradient_magnitude,
@@ -447,8 +447,7 @@ def new_enhancement(res: ChangeResult, rp: RegisteredPair, zp: ZPair, p: DetectP
     comps = new_enhancement_components(e_fu, e_base, res.z, zp.brain, aff, p.z_low, p.z_seed,
                                        min_vol, mp)
     depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
-    ml = res.parameters["midline"]
-    midline = Midline(tuple(ml["point_ras_mm"]), tuple(ml["normal_ras"]), ml["method"])
+    midline = res.midline if res.midline is not None else centroid_midline(zp.brain, base)
     reg_fail = res.registration.get("status") == "fail"
     cands: list[dict[str, Any]] = []
     out_comps: list[Component] = []
