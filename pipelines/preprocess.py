@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from mri_safety.change.masks import MaskSet
 
 from mri_safety.threads import itk_threads as _itk
 from pipelines.cache import StageResult, StageStore
 
 #: library code of each stage (part of its cache key)
 N4_DEPS = ("mri_safety.preprocess.bias", "mri_safety.change.compare")
-MASKS_DEPS = ("mri_safety.change.masks", "mri_safety.preprocess", "mri_safety.register",
-              "mri_safety.change.compare")
+MASKS_DEPS = ("mri_safety.change.masks", "mri_safety.change.region", "mri_safety.preprocess",
+              "mri_safety.register", "mri_safety.change.compare")
 
 
 def _raw(path: Path) -> sitk.Image:
@@ -70,29 +73,33 @@ def masks_stage(inputs: dict[str, Path], out: Path, n4: Path, itk_threads: int =
 
     raw = _raw(inputs["image"])
     with _itk(itk_threads):
-        brain, icv, method = brain_mask(load_n4(n4, raw))
-    for name, m in (("brain_mask", brain), ("icv_mask", icv)):
+        ms = brain_mask(load_n4(n4, raw))
+    for name, m in (("brain_mask", ms.brain), ("icv_mask", ms.icv)):
         sitk.WriteImage(img_like(m.astype("uint8"), raw), str(out / f"{name}.nii.gz"),
                         useCompression=True)
-    doc = {"mask_method": method, "brain_voxels": int(brain.sum()),
-           "icv_voxels": int(icv.sum())}
+    # full precision (JSON floats round-trip exactly): the pipeline's candidates must
+    # equal those of ``mri-safety compare``, which keeps the matrix in memory
+    to_mni = None if ms.subject_to_mni is None else ms.subject_to_mni.tolist()
+    doc = {"mask_method": ms.method, "brain_voxels": int(ms.brain.sum()),
+           "icv_voxels": int(ms.icv.sum()), "subject_to_mni_ras": to_mni}
     (out / "masks.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return doc
 
 
-def load_masks(masks_dir: Path, raw: sitk.Image
-               ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], str]:
-    """``(brain, intracranial, method)`` written by :func:`masks_stage`; masks
-    ``[i, j, k]`` on the grid of ``raw``."""
-    from mri_safety.change.masks import arr
+def load_masks(masks_dir: Path, raw: sitk.Image) -> MaskSet:
+    """The :class:`~mri_safety.change.masks.MaskSet` written by :func:`masks_stage`;
+    masks ``[i, j, k]`` on the grid of ``raw``."""
+    from mri_safety.change.masks import MaskSet, arr
 
     def mask(name: str) -> NDArray[np.bool_]:
         img = sitk.ReadImage(str(masks_dir / f"{name}.nii.gz"), sitk.sitkUInt8)
         img.CopyInformation(raw)
         return arr(img) > 0
 
-    method = json.loads((masks_dir / "masks.json").read_text())["mask_method"]
-    return mask("brain_mask"), mask("icv_mask"), str(method)
+    doc = json.loads((masks_dir / "masks.json").read_text())
+    to_mni = doc.get("subject_to_mni_ras")
+    return MaskSet(mask("brain_mask"), mask("icv_mask"), str(doc["mask_method"]),
+                   None if to_mni is None else np.asarray(to_mni, np.float64))
 
 
 def run_n4(root: str, image: Path, threads: int) -> StageResult:

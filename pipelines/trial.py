@@ -78,7 +78,7 @@ CODE_DEPS: dict[str, tuple[str, ...]] = {
     "convert": ("mri_safety.dicom", "mri_safety.config", "pipelines.convert"),
     "qc": ("mri_safety.qc",),
     "register": ("mri_safety.change.compare", "mri_safety.change.masks",
-                 "mri_safety.register", "mri_safety.preprocess"),
+                 "mri_safety.change.region", "mri_safety.register", "mri_safety.preprocess"),
     "detect": ("mri_safety.change", "mri_safety.preprocess.spine",  # spine: cord, levels
                "mri_safety.register.transforms"),
     "evidence": ("mri_safety.evidence",),
@@ -123,10 +123,11 @@ def qc_stage(inputs: dict[str, Path], out: Path, qc: dict[str, Any]) -> dict[str
 
 
 def _location_text(loc: Any) -> str:
-    """Short location for titles: the values of a location dict, e.g.
-    ``brain deep left`` or ``spine C3``."""
+    """Short location for titles: the words of a location dict, e.g.
+    ``brain deep left frontal white matter`` or ``spine C3``."""
     if isinstance(loc, dict):
-        return " ".join(str(v) for k, v in loc.items() if not isinstance(v, float | int))
+        return " ".join(str(v) for k, v in loc.items()
+                        if not isinstance(v, float | int | list | tuple) and v != "unknown")
     return str(loc or "")
 
 
@@ -199,8 +200,9 @@ def register_stage(
     sitk.WriteTransform(rp.transform, str(out / "transform.tfm"))
     sitk.WriteImage(rp.followup_in_baseline(), str(out / "followup_in_baseline.nii.gz"),
                     useCompression=True)
+    to_mni = None if rp.subject_to_mni is None else rp.subject_to_mni.tolist()
     doc = {"registration": {k: v for k, v in rp.registration.items() if k != "seconds"},
-           "mask_method": rp.mask_method,
+           "mask_method": rp.mask_method, "subject_to_mni_ras": to_mni,
            "parameters": {"registration_threads": registration_threads, "seed": seed}}
     (out / "registration.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return dict(rp.registration)
@@ -211,6 +213,7 @@ def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
     :func:`register_stage` into ``reg_dir``. Geometry comes from the raw
     images (read exactly as the register stage read them), voxel values and
     the transform from the files, so the pair equals the in-memory one."""
+    import numpy as np
     import SimpleITK as sitk
 
     from mri_safety.change.compare import RegisteredPair, _load
@@ -233,6 +236,8 @@ def load_registered(reg_dir: Path, baseline: Path, followup: Path) -> Any:
         icv=arr(image("icv_mask.nii.gz", base, sitk.sitkUInt8)) > 0,
         mask_method=doc["mask_method"],
         transform=sitk.ReadTransform(str(reg_dir / "transform.tfm")),
+        subject_to_mni=(None if doc.get("subject_to_mni_ras") is None
+                        else np.asarray(doc["subject_to_mni_ras"], np.float64)),
         registration={**doc["registration"], "seconds": summary.get("seconds", 0.0)})
 
 

@@ -54,10 +54,11 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
-from mri_safety.change.masks import arr, brain_mask, dilate_mm, erode_mm, img_like
+from mri_safety.change.masks import MaskSet, arr, brain_mask, dilate_mm, erode_mm, img_like
 from mri_safety.change.midline import Midline, centroid_midline, find_midline
 from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, within_visit_from_extra
 from mri_safety.change.params import DetectParams, load_params
+from mri_safety.change.region import AtlasMap
 from mri_safety.change.resolution import match_profiles
 from mri_safety.change.spine import SpineRegions, describe, fit_regions, spine_regions
 from mri_safety.change.volume_finding import (
@@ -217,6 +218,8 @@ class RegisteredPair:
     mask_method: str
     transform: sitk.Transform
     registration: dict[str, Any]   # method, metric, init, seconds
+    # baseline world RAS mm -> MNI152 RAS mm (the baseline's template fit), None without one
+    subject_to_mni: NDArray[np.float64] | None = None
 
     def followup_in_baseline(self) -> sitk.Image:
         """Raw follow-up resampled (linear, float32) on the baseline grid."""
@@ -228,14 +231,14 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
                   brain: NDArray[np.bool_] | None = None,
                   baseline_n4: sitk.Image | None = None,
                   followup_n4: sitk.Image | None = None,
-                  masks: tuple[NDArray[np.bool_], NDArray[np.bool_], str] | None = None,
+                  masks: MaskSet | None = None,
                   ) -> RegisteredPair:
     """Step 1-2 of the module docstring: N4 of both visits, baseline masks (or the
     given ``brain`` mask, ``[i, j, k]`` on the baseline grid), rigid registration
     of the follow-up to the baseline with ``threads`` ITK threads and ``seed``.
 
     ``baseline_n4`` / ``followup_n4`` (``n4_correct(image)[0]``) and
-    ``masks`` (``brain_mask(baseline_n4)``: brain, intracranial, method) may be
+    ``masks`` (``brain_mask(baseline_n4)``: brain, intracranial, method, MNI map) may be
     given when already computed (the pipeline caches them per series, since a
     visit is the baseline or follow-up of several comparisons); the result is
     the same as computing them here."""
@@ -245,11 +248,13 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
     base_n4 = n4_correct(base)[0] if baseline_n4 is None else baseline_n4
     fu_n4 = n4_correct(fu)[0] if followup_n4 is None else followup_n4
     mask_method = "given"
+    to_mni = None
+    if masks is None and brain is None:
+        masks = brain_mask(base_n4)
     if masks is not None:
-        brain, icv, mask_method = masks
-    elif brain is None:
-        brain, icv, mask_method = brain_mask(base_n4)
+        brain, icv, mask_method, to_mni = masks
     else:
+        assert brain is not None
         icv = dilate_mm(brain, 3.0, sp)
     if brain.sum() < 1000:
         raise ValueError("baseline brain mask has fewer than 1000 voxels")
@@ -264,6 +269,7 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
     return RegisteredPair(
         baseline=base, followup=fu, baseline_n4=base_n4, followup_n4=fu_n4,
         brain=brain, icv=icv, mask_method=mask_method, transform=reg.transform,
+        subject_to_mni=to_mni,
         registration={"method": f"rigid ({reg.backend}, Mattes MI)",
                       "metric": round(reg.metric, 5), "init": reg.init,
                       "seconds": round(reg.seconds, 2)})
@@ -364,7 +370,11 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
 
 
 def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float32],
-              midline: Midline, region: str) -> dict[str, Any]:
+              midline: Midline, region: str, atlas: AtlasMap | None = None
+              ) -> dict[str, Any]:
+    """Brain location of a candidate: tissue depth class, side of the mid-sagittal
+    plane, depth from the brain surface and, with ``atlas`` (the baseline's MNI
+    mapping), the coarse anatomical region of its voxels and its MNI centroid."""
     ijk = tuple(int(round(v)) for v in c.centroid_voxel)
     ijk = tuple(min(max(0, v), s - 1) for v, s in zip(ijk, brain.shape, strict=True))
     inside = bool(brain[ijk])
@@ -375,8 +385,12 @@ def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float
         tissue = "cortical_or_juxtacortical"
     else:
         tissue = "deep"
-    return {"region": region, "tissue": tissue, "side": midline.side(c.centroid_ras_mm),
-            "depth_from_brain_surface_mm": round(dep, 1)}
+    loc: dict[str, Any] = {"region": region, "tissue": tissue,
+                           "side": midline.side(c.centroid_ras_mm),
+                           "depth_from_brain_surface_mm": round(dep, 1)}
+    if atlas is not None:
+        loc.update(atlas.locate(c.voxels, brain.shape, c.centroid_ras_mm))
+    return loc
 
 
 def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "flair",
@@ -536,6 +550,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # the side of a finding is the side of the mid-sagittal plane (mri_safety.change.midline)
     midline = (find_midline(rp.baseline_n4, zp.parenchyma, p.seed, p.registration_threads)
                if sctx is None and zp.parenchyma.any() else centroid_midline(zp.brain, base))
+    atlas = (AtlasMap.of(rp.subject_to_mni, aff) if sctx is None else None)
     reg_status = zp.info["registration"]["status"]
     cands: list[dict[str, Any]] = []
     flat_edge = zp.edge_frac.ravel()
@@ -563,7 +578,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         ctype, reportable = FINDINGS[c][comp.sign]
         vfrac = (margin_fraction(comp.voxels, grown)
                  if grown is not None and comp.sign == CSF_GAIN_SIGN[c] else 0.0)
-        loc = _location(comp, zp.parenchyma, depth, midline, region)
+        loc = _location(comp, zp.parenchyma, depth, midline, region, atlas)
         inside = np.asarray(zp.parenchyma.ravel()[comp.voxels], bool)
         extra_axial = float(inside.mean()) < 0.5
         if extra_axial:
@@ -670,6 +685,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         "noise_model": zp.info["noise"], "resolution": zp.info["resolution"],
         "mask_method": zp.info["mask_method"], "extra_contrasts": extra_info,
         "midline": midline.record(),
+        **({"anatomical_atlas": atlas.record()} if atlas is not None else {}),
         **({"spine": sctx.info} if sctx is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }

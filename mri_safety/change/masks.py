@@ -1,8 +1,10 @@
 """Brain masks for change detection.
 
-Uses ``mri_safety.preprocess.masks`` when that module provides ``brain_mask``;
-otherwise a FALLBACK (to be replaced by the preprocessing stage's MNI-based
-masks) built from morphology: Otsu head mask, strip ~6 mm of scalp, keep tissue
+Uses the preprocessing stage's MNI-based masks
+(:func:`mri_safety.preprocess.masks.brain_masks`), whose template fit also gives
+the subject -> MNI mapping used to name a candidate's anatomical region
+(:mod:`mri_safety.change.region`); if that fit fails, a FALLBACK built from
+morphology: Otsu head mask, strip ~6 mm of scalp, keep tissue
 brighter than half the inner median, open by 3 mm to cut bridges to the scalp,
 keep the largest component, dilate back and fill holes slice by slice along
 the thickest voxel axis (ventricles and sulcal CSF are included: extra-axial
@@ -12,11 +14,14 @@ spacing respected), arrays are ``[i, j, k]``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from mri_safety.change.region import subject_to_mni_ras
 from mri_safety.preprocess.bias import head_mask
 
 
@@ -91,8 +96,22 @@ def _fill_slices(m: NDArray[np.bool_], ax: int) -> NDArray[np.bool_]:
     return filled
 
 
-def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_], str]:
-    """``(brain, intracranial, method)`` masks ``[i, j, k]`` of a (bias-corrected) head image.
+class MaskSet(NamedTuple):
+    """Masks of one (baseline) image: ``brain`` (parenchyma + ventricles) and
+    ``icv`` (intracranial) as numpy ``[i, j, k]`` on its grid, the ``method``
+    that made them, and ``subject_to_mni``: the 4 x 4 matrix from the image's
+    world RAS mm to MNI152 RAS mm given by the template fit (inverse of
+    :attr:`mri_safety.preprocess.masks.BrainMasks.template_to_subject`), or None
+    when the masks did not come from an accepted template fit."""
+
+    brain: NDArray[np.bool_]
+    icv: NDArray[np.bool_]
+    method: str
+    subject_to_mni: NDArray[np.float64] | None = None
+
+
+def brain_mask(image: sitk.Image) -> MaskSet:
+    """Brain and intracranial masks ``[i, j, k]`` of a (bias-corrected) head image.
 
     Prefers :func:`mri_safety.preprocess.masks.brain_masks` (MNI template fit);
     if that module is missing or fails, or its brain mask is not at least 80 %
@@ -118,7 +137,8 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
         # CSF and slab-edge brain; a failed fit on a phantom: <= 0.6)
         inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
         if brain.sum() >= 1000 and inside >= 0.8:
-            return brain, icv | brain, "preprocess.masks.brain_masks (MNI template)"
+            return MaskSet(brain, icv | brain, "preprocess.masks.brain_masks (MNI template)",
+                           subject_to_mni_ras(bm.template_to_subject))
         if brain.sum() >= 1000:
             template = brain, icv | brain
     except ImportError:
@@ -130,5 +150,6 @@ def brain_mask(image: sitk.Image) -> tuple[NDArray[np.bool_], NDArray[np.bool_],
     if brain.sum() < 1000 and template is not None:
         # no brain-like object (e.g. a sagittal spine crop): keep the template's
         # region rather than nothing; a cord/canal search region is open work
-        return template[0], template[1], "preprocess.masks.brain_masks (MNI template, implausible)"
-    return brain, (dilate_mm(brain, 3.0, sp) & head) | brain, "fallback_morphology"
+        return MaskSet(template[0], template[1],
+                       "preprocess.masks.brain_masks (MNI template, implausible)")
+    return MaskSet(brain, (dilate_mm(brain, 3.0, sp) & head) | brain, "fallback_morphology")

@@ -44,6 +44,7 @@ from scipy import ndimage as ndi
 from mri_safety.change.candidates import Component, extract, label_map
 from mri_safety.change.masks import arr, dilate_mm, erode_mm, img_like
 from mri_safety.change.midline import centroid_midline
+from mri_safety.change.region import AtlasMap
 from mri_safety.change.resolution import match_profiles
 from mri_safety.change.zmap import (
     gradient_magnitude,
@@ -448,6 +449,7 @@ def new_enhancement(res: ChangeResult, rp: RegisteredPair, zp: ZPair, p: DetectP
                                        min_vol, mp)
     depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
     midline = res.midline if res.midline is not None else centroid_midline(zp.brain, base)
+    atlas = AtlasMap.of(rp.subject_to_mni, aff)
     reg_fail = res.registration.get("status") == "fail"
     cands: list[dict[str, Any]] = []
     out_comps: list[Component] = []
@@ -472,7 +474,9 @@ def new_enhancement(res: ChangeResult, rp: RegisteredPair, zp: ZPair, p: DetectP
         cands.append(c)
         out_comps.append(comp)
     for n, comp in enumerate(comps):
-        loc = _location(comp, zp.parenchyma, depth, midline, res.parameters.get("region", "brain"))
+        region = res.parameters.get("region", "brain")
+        loc = _location(comp, zp.parenchyma, depth, midline, region,
+                        atlas if region == "brain" else None)
         inside = np.asarray(zp.parenchyma.ravel()[comp.voxels], bool)
         reportable = True
         reasons = [f"enhancement z {comp.peak_z:.1f} at follow-up (within-visit post - pre) vs "

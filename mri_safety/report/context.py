@@ -67,7 +67,9 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _location(loc: Any) -> str:
     if isinstance(loc, Mapping):
-        parts = [str(v) for k, v in loc.items() if not isinstance(v, int | float)]
+        # words only: numbers (depth below) and coordinate lists are not titles
+        parts = [str(v) for k, v in loc.items()
+                 if not isinstance(v, int | float | list | tuple) and v != "unknown"]
         depth = loc.get("depth_from_brain_surface_mm")
         if depth is not None:
             parts.append(f"{float(depth):.0f} mm deep")
