@@ -8,6 +8,7 @@ real head T1 moved by a known pose (the two template fits must agree).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from conftest import need_data
 from scipy import ndimage as ndi
@@ -138,3 +139,29 @@ def test_template_fit_of_a_real_head_follows_its_pose() -> None:
           f"brain centre MNI {mni_a.mean(0).round(1)}")
     assert d.mean() < 2.0 and d.max() < 4.0
     assert abs(mni_a.mean(0)[0]) < 5.0
+
+
+@pytest.mark.slow
+def test_template_fit_accepted_on_a_3d_t1_and_rejected_when_it_covers_the_scalp() -> None:
+    """The real 3D head T1 (bright fat: its Otsu head mask is full of holes, 0.79
+    of a correct fit inside it) keeps its template masks and MNI mapping through
+    the second test (:func:`mri_safety.change.masks._under_the_skull`); the
+    over-scaled fit on the MS T2W, whose warped brain covers the scalp, still
+    falls back to the morphological masks (region ``unknown``)."""
+    from mri_safety.change.masks import brain_mask
+    from mri_safety.preprocess.bias import n4_correct
+    from mri_safety.register.transforms import load_image
+
+    head = load_image(need_data("dicom", "brain-t1-3d", "ref", "anat-T1w.nii.gz"))
+    size = [int(s * sp / 2.0) for s, sp in zip(head.GetSize(), head.GetSpacing(), strict=True)]
+    img = n4_correct(sitk.Resample(head, size, sitk.Transform(), sitk.sitkLinear,
+                                   head.GetOrigin(), [2.0] * 3, head.GetDirection(), 0.0,
+                                   sitk.sitkFloat32))[0]
+    ms = brain_mask(img)
+    assert ms.method.endswith("(MNI template)") and ms.subject_to_mni is not None
+    ijk = np.argwhere(ms.brain).mean(0)
+    centre = _to_ras(np.array(img.TransformContinuousIndexToPhysicalPoint(tuple(ijk))))
+    mni = ms.subject_to_mni[:3, :3] @ centre + ms.subject_to_mni[:3, 3]
+    assert abs(mni[0]) < 5.0, mni
+    t2 = load_image(need_data("longitudinal-ms", "patient01", "study1_T2W.nii.gz"))
+    assert brain_mask(n4_correct(t2)[0]).method == "fallback_morphology"
