@@ -110,7 +110,7 @@ class MaskSet(NamedTuple):
     subject_to_mni: NDArray[np.float64] | None = None
 
 
-def _under_the_skull(brain: NDArray[np.bool_], image: sitk.Image) -> bool:
+def _under_the_skull(brain: NDArray[np.bool_], head_img: sitk.Image) -> bool:
     """Second look at a template fit that failed the Otsu head-mask test.
 
     On a 3D T1 with bright fat the Otsu threshold can fall between grey and
@@ -122,10 +122,11 @@ def _under_the_skull(brain: NDArray[np.bool_], image: sitk.Image) -> bool:
     correct fits (MS FLAIRs, position T1s, synthetic series, the 3D T1) 0.97-1.0
     inside and 0.00-0.13 near the surface; the over-scaled fits whose brain
     covers the scalp (MS T2W and T1W) 0.79-0.87 and 0.24-0.32, rejected by both
-    tests. Only evaluated when the first test fails."""
-    sp = tuple(float(s) for s in image.GetSpacing())
+    tests. Only evaluated when the first test fails. ``head_img``: the image's
+    :func:`~mri_safety.preprocess.bias.head_mask`."""
+    sp = tuple(float(s) for s in head_img.GetSpacing())
     r = [max(1, int(round(6.0 / s))) for s in sp]
-    closed = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head_mask(image), r),
+    closed = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head_img, r),
                                  fullyConnected=False)
     head = arr(closed) > 0
     n = max(int(brain.sum()), 1)
@@ -144,7 +145,8 @@ def brain_mask(image: sitk.Image) -> MaskSet:
     the morphological FALLBACK is used and the intracranial mask is the brain
     dilated by 3 mm within the head.
     """
-    head = arr(head_mask(image)) > 0
+    head_img = head_mask(image)
+    head = arr(head_img) > 0
     template: tuple[NDArray[np.bool_], NDArray[np.bool_]] | None = None
     try:  # preferred: the preprocessing stage's MNI-based masks
         import dataclasses
@@ -162,7 +164,7 @@ def brain_mask(image: sitk.Image) -> MaskSet:
         # (real heads: 0.90-0.98 inside the Otsu head mask, which misses some dark
         # CSF and slab-edge brain; a failed fit on a phantom: <= 0.6)
         inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
-        if brain.sum() >= 1000 and (inside >= 0.8 or _under_the_skull(brain, image)):
+        if brain.sum() >= 1000 and (inside >= 0.8 or _under_the_skull(brain, head_img)):
             return MaskSet(brain, icv | brain, "preprocess.masks.brain_masks (MNI template)",
                            subject_to_mni_ras(bm.template_to_subject))
         if brain.sum() >= 1000:

