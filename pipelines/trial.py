@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mri_safety import __version__
+from mri_safety.change.candidates import location_words
 from mri_safety.change.jacobian import VolumeChangeParams
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.config import Config, load_config
@@ -81,7 +82,7 @@ CODE_DEPS: dict[str, tuple[str, ...]] = {
                  "mri_safety.change.region", "mri_safety.register", "mri_safety.preprocess"),
     "detect": ("mri_safety.change", "mri_safety.preprocess.spine",  # spine: cord, levels
                "mri_safety.register.transforms"),
-    "evidence": ("mri_safety.evidence",),
+    "evidence": ("mri_safety.evidence", "mri_safety.change.candidates"),  # location words
 }
 
 #: classification region -> compare region
@@ -122,15 +123,6 @@ def qc_stage(inputs: dict[str, Path], out: Path, qc: dict[str, Any]) -> dict[str
     return {"verdict": verdict.status}
 
 
-def _location_text(loc: Any) -> str:
-    """Short location for titles: the words of a location dict, e.g.
-    ``brain deep left frontal white matter`` or ``spine C3``."""
-    if isinstance(loc, dict):
-        return " ".join(str(v) for k, v in loc.items()
-                        if not isinstance(v, float | int | list | tuple) and v != "unknown")
-    return str(loc or "")
-
-
 def evidence_stage(
     inputs: dict[str, Path], out: Path, candidates: list[dict[str, Any]],
     compared: tuple[str, str],
@@ -153,7 +145,7 @@ def evidence_stage(
         cand = MontageCandidate(
             id=str(c["id"]), type=str(c["type"]),
             centroid_ras_mm=tuple(float(v) for v in c["centroid_ras_mm"]),  # type: ignore[arg-type]
-            volume_mm3=float(c["volume_mm3"]), location=_location_text(c.get("location")),
+            volume_mm3=float(c["volume_mm3"]), location=location_words(c.get("location")),
             score=float(c["score"]))
         name = f"candidate-{c['id']}.png"
         render_montage(base, fu, z, cand, out / name, diff_limit=5.0, diff_label=diff_label,

@@ -7,7 +7,9 @@ both in baseline voxel indices (continuous, 0-based) and in world RAS mm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +35,31 @@ class Component:
     centroid_voxel: tuple[float, float, float]
     centroid_ras_mm: tuple[float, float, float]
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def location_words(loc: Any, with_depth: bool = False) -> str:
+    """A candidate's ``location`` in words, for titles and report rows: its word
+    values in order, without numbers, coordinate lists or ``unknown``; with
+    ``with_depth`` the depth below the brain surface is added as ``N mm deep``.
+
+    >>> loc = {"region": "brain", "tissue": "deep", "side": "left",
+    ...        "depth_from_brain_surface_mm": 12.4, "anatomical_region": "unknown",
+    ...        "mni_ras_mm": [-20.0, 10.0, 30.0]}
+    >>> location_words(loc)
+    'brain deep left'
+    >>> location_words(loc, with_depth=True)
+    'brain deep left 12 mm deep'
+    >>> location_words({"region": "spine", "level": "C3"})
+    'spine C3'
+    """
+    if not isinstance(loc, Mapping):
+        return str(loc or "")
+    parts = [str(v) for v in loc.values()
+             if not isinstance(v, int | float | list | tuple) and v != "unknown"]
+    depth = loc.get("depth_from_brain_surface_mm")
+    if with_depth and depth is not None:
+        parts.append(f"{float(depth):.0f} mm deep")
+    return " ".join(parts)
 
 
 def voxel_to_ras(affine: NDArray[np.floating], ijk: NDArray[np.floating]) -> NDArray[np.float64]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from mri_safety.change.candidates import location_words
 from mri_safety.report.safety import series_label
 from mri_safety.report.volume_change import volume_change_candidates, volume_change_rows
 
@@ -63,18 +64,6 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}g}"
     return str(v)
-
-
-def _location(loc: Any) -> str:
-    if isinstance(loc, Mapping):
-        # words only: numbers (depth below) and coordinate lists are not titles
-        parts = [str(v) for k, v in loc.items()
-                 if not isinstance(v, int | float | list | tuple) and v != "unknown"]
-        depth = loc.get("depth_from_brain_surface_mm")
-        if depth is not None:
-            parts.append(f"{float(depth):.0f} mm deep")
-        return " ".join(parts)
-    return str(loc or "")
 
 
 def comparison_label(c: Mapping[str, Any]) -> str:
@@ -153,7 +142,7 @@ def build_visit_context(
                 "type": str(x.get("type", "")).replace("_", " "),
                 "flagged": bool(x.get("flagged")),
                 "volume_mm3": _fmt(x.get("volume_mm3"), 4),
-                "location": _location(x.get("location")),
+                "location": location_words(x.get("location"), with_depth=True),
                 "peak_z": _fmt(x.get("peak_z")), "score": _fmt(x.get("score")),
                 "reasons": [scrub_paths(r) for r in x.get("reasons", [])],
                 "montage": src,
