@@ -390,11 +390,10 @@ def _table(r: dict[str, Any], cmd: str) -> str:
                   "(brain, against baseline) beside the region of the truth voxels through "
                   "the GENERATOR's own subject -> MNI mapping, and the distance from the "
                   "candidate's MNI centroid to the abnormality's MNI centre. The generator's "
-                  "mapping is itself off by 10-15 mm on the real head (NCC of the warped "
-                  "template with the head T1 0.28, against 0.63 for the mask step's fit); "
-                  "its FLAIR/T2w/DWI/T2*w anatomy takes its brain outline from that mapping, "
-                  "its T1w images show the real head T1 through the texture map, so T1w "
-                  "candidates are expected to differ (docs/detection.md, Anatomical region):",
+                  "mapping (anatomy v5) lies 0.5 mm (mean) / 1.3 mm (max) from the mask "
+                  "step's own fit of the real head over the MNI brain (docs/synth.md); the "
+                  "rest is the method's fit to each synthetic series and the lobar "
+                  "boundaries a candidate straddles:",
                   "", "| series | same region | MNI distance median | 90th pct | max |",
                   "|---|---|---|---|---|"]
         for name, keep in (("T1w, T1w_post", lambda w: w.split()[-3].startswith("T1w")),

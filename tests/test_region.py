@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from conftest import need_data
 from scipy import ndimage as ndi
 
-from mri_safety.change.region import REGIONS, region_of, subject_to_mni_ras
+from mri_safety.change.region import REGIONS, region_of
+from mri_safety.register.transforms import subject_to_mni_ras
 
 #: textbook MNI152 coordinates (RAS mm) of structures well inside them
 TEXTBOOK = {

