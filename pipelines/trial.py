@@ -156,9 +156,12 @@ def evidence_stage(
 
 def register_stage(
     inputs: dict[str, Path], out: Path, registration_threads: int, seed: int,
-    itk_threads: int = 1, *, baseline_n4: Path, followup_n4: Path, masks: Path,
+    itk_threads: int = 1, region: str = "brain", contrast: str | None = None, *,
+    baseline_n4: Path, followup_n4: Path, masks: Path,
 ) -> dict[str, Any]:
-    """Rigid registration of the follow-up to the baseline, from the series'
+    """Registration of the follow-up to the baseline (rigid; for ``region`` spine the
+    canal-focused rigid + B-spline, ``contrast`` choosing the cord template:
+    :func:`mri_safety.change.compare.register_pair`), from the series'
     cached ``n4`` stages (``baseline_n4``, ``followup_n4``) and the baseline's
     ``masks`` stage (:mod:`pipelines.preprocess`); writes
 
@@ -184,7 +187,7 @@ def register_stage(
         rp = register_pair(base, fu, threads=registration_threads, seed=seed,
                            baseline_n4=load_n4(baseline_n4, base),
                            followup_n4=load_n4(followup_n4, fu),
-                           masks=load_masks(masks, base))
+                           masks=load_masks(masks, base), region=region, contrast=contrast)
     link_or_copy(baseline_n4 / "n4.nii.gz", out / "baseline_n4.nii.gz")
     link_or_copy(followup_n4 / "n4.nii.gz", out / "followup_n4.nii.gz")
     for name in ("brain_mask", "icv_mask"):
@@ -194,7 +197,7 @@ def register_stage(
                     useCompression=True)
     to_mni = None if rp.subject_to_mni is None else rp.subject_to_mni.tolist()
     doc = {"registration": {k: v for k, v in rp.registration.items() if k != "seconds"},
-           "mask_method": rp.mask_method, "subject_to_mni_ras": to_mni,
+           "mask_method": rp.mask_method, "subject_to_mni_ras": to_mni, "region": region,
            "parameters": {"registration_threads": registration_threads, "seed": seed}}
     (out / "registration.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return dict(rp.registration)
@@ -318,7 +321,8 @@ def _run_qc(root: str, image: Path, sidecar: Path, qc: dict[str, Any]) -> StageR
 def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[str, Any],
                   baseline_n4: StageResult, followup_n4: StageResult, masks: StageResult
                   ) -> StageResult:
-    """``reg_params``: registration_threads, seed, itk_threads; the other
+    """``reg_params``: registration_threads, seed, itk_threads (and region, contrast
+    for spine pairs); the other
     arguments are the series' preprocessing stages (:mod:`pipelines.preprocess`)."""
     return StageStore(root).run(
         "register", register_stage, {"baseline": baseline, "followup": followup}, reg_params,
@@ -775,7 +779,11 @@ def run_trial(
             chain[masks[name]] = ("masks", name)
     for i, pair in enumerate(pairs):
         b, f = paths(pair)
-        regs[i] = client.submit(_run_register, str(work), b, f, reg_params,
+        # spine pairs: the canal-focused registration, which needs the contrast (brain
+        # pairs keep the parameters, and so the cache keys, they always had)
+        rp_i = (reg_params if pair.region == "brain"
+                else {**reg_params, "region": pair.region, "contrast": pair.contrast})
+        regs[i] = client.submit(_run_register, str(work), b, f, rp_i,
                                 n4s[pair.baseline_name], n4s[pair.followup_name],
                                 masks[pair.baseline_name], pure=False, retries=RETRIES)
         chain[regs[i]] = ("register", i)

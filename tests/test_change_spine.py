@@ -158,6 +158,41 @@ def test_inserted_cord_lesion_found_at_its_level_and_nothing_without_it(
     assert not [cd for cd in res0.candidates if cd["flagged"]]
 
 
+def test_large_neck_bend_is_followed_by_the_spine_registration(t2: dict[str, Any]) -> None:
+    """A neck bent 20 deg differently (besides the rigid move and noise of the test
+    above): the brain's rigid step left the cord NCC-similar at 0.74 and missed this
+    C3 lesion; the canal-focused rigid + 20 mm B-spline (register_spine) of the spine
+    comparison finds it at C3, and the follow-up without it flags nothing."""
+    img, aff, cord = t2["image"], t2["affine"], t2["cord"]
+    j = 44
+    c = np.argwhere(cord[:, j, :]).mean(0)
+    frac = _lesion_fraction(aff[:3, :3] @ np.array([c[0], j, c[1]]) + aff[:3, 3], img.shape, aff)
+    frac *= np.clip(ndi.gaussian_filter(cord.astype(np.float32), 0.5) * 1.2, 0.0, 1.0)
+    with_lesion = img * (1.0 + frac * (load_spine().lesion_ratio - 1.0))
+    base = array_to_sitk(img, aff)
+    res = detect_pair(base, _followup(with_lesion, aff, angle_deg=20.0, seed=3), contrast="t2w",
+                      region="spine")
+    assert "B-spline" in res.registration["method"]
+    assert res.registration["quality"] > 0.9
+    flagged = [cd for cd in res.candidates if cd["flagged"]]
+    hits = [cd for cd in flagged if _touches(res, cd["id"], frac > 0.25)]
+    print("20 deg:", [(cd["type"], cd["score"], cd["location"]) for cd in flagged])
+    assert len(hits) == len(flagged) == 1
+    assert hits[0]["location"]["vertebral_level"] == _truth_level(j)
+    res0 = detect_pair(base, _followup(img, aff, angle_deg=-20.0, seed=3), contrast="t2w",
+                       region="spine")
+    assert not [cd for cd in res0.candidates if cd["flagged"]]
+
+
+def test_register_pair_rejects_an_unknown_region_or_spine_contrast(t2: dict[str, Any]) -> None:
+    base = array_to_sitk(t2["image"], t2["affine"])
+    brain = np.ones(t2["image"].shape, bool)
+    with pytest.raises(ValueError, match="region"):
+        register_pair(base, base, threads=1, seed=1, brain=brain, region="knee")
+    with pytest.raises(ValueError, match="contrast"):
+        register_pair(base, base, threads=1, seed=1, brain=brain, region="spine")
+
+
 def test_syrinx_typed_by_fluid_shape_and_centre(t2: dict[str, Any]) -> None:
     """A central, CSF-bright cavity 16 mm long (synth.spine.cord_blob, as the synthetic
     studies make a syrinx) is typed ``syrinx``; a focal lesion 8 mm long, off-centre by
@@ -185,7 +220,8 @@ def test_syrinx_typed_by_fluid_shape_and_centre(t2: dict[str, Any]) -> None:
 def test_spine_detection_is_deterministic(t2: dict[str, Any]) -> None:
     """Two detections on one registered pair give identical candidates and z-maps."""
     base = array_to_sitk(t2["image"], t2["affine"])
-    rp = register_pair(base, _followup(t2["image"], t2["affine"], seed=1), threads=1, seed=1)
+    rp = register_pair(base, _followup(t2["image"], t2["affine"], seed=1), threads=1, seed=1,
+                       region="spine", contrast="t2w")
     p = load_params()
     a = detect_registered(rp, "t2w", "spine", p)
     b = detect_registered(rp, "t2w", "spine", p)
