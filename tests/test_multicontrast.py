@@ -105,6 +105,10 @@ def test_adc_verdict_rule() -> None:
     # units cancel: the same visit in 1e-6 mm2/s, baseline in 1e-3
     scaled = adc_verdict(np.full(20, 450.0), np.full(20, 0.8), 800.0, 0.8, p)
     assert scaled.restricted is True and scaled.rel_baseline == pytest.approx(0.5625)
+    # between the restricted range and normal tissue: neither (partial volume or noise)
+    mid = adc_verdict(np.full(20, 0.72), np.full(20, 0.8), tissue, 0.8, p)
+    assert mid.restricted is None and mid.rel_tissue == pytest.approx(0.9)
+    assert mid.rel_baseline == pytest.approx(0.9)
     # mostly outside the ADC map: no verdict
     cov = adc_verdict(np.r_[np.full(5, 0.4), np.full(15, np.nan)], None, tissue, None, p)
     assert cov.restricted is None and cov.coverage == pytest.approx(0.25)
@@ -133,10 +137,14 @@ def test_adc_is_read_at_the_peak_of_a_partial_volumed_infarct() -> None:
     out, _ = restricted_diffusion([cand], [comp], z, adc_f, adc_b, tissue)
     assert out[0]["type"] == "new_restricted_diffusion", out[0]["reasons"]
     assert out[0]["adc"]["ratio_to_tissue"] == pytest.approx(0.625)
-    # read over the half-maximum core, the rim hides the drop
+    # read over the half-maximum core, the rim hides the drop (0.95 x tissue): neither
+    # confirmed nor excluded, kept as a DWI increase for review, not dismissed
     rim, _ = restricted_diffusion([cand], [comp], z, adc_f, adc_b, tissue,
                                   MultiContrastParams(adc_core_fraction=0.5))
-    assert rim[0]["type"] == "t2_shine_through"
+    assert rim[0]["type"] == "new_restricted_diffusion" and rim[0]["flagged"]
+    assert rim[0]["adc"]["ratio_to_tissue"] == pytest.approx(0.95)
+    assert "neither confirmed nor excluded" in " ".join(rim[0]["reasons"])
+    assert "adc" not in rim[0]["contrasts"]
 
 
 # --------------------------------------------------------------------------

@@ -135,8 +135,10 @@ class WithinVisit:
 class AdcVerdict:
     """ADC of one DWI-increase candidate.
 
-    ``restricted``: True / False, or None when the ADC does not cover the
-    candidate. ``rel_tissue``: follow-up core ADC / follow-up tissue median.
+    ``restricted``: True (restricted diffusion), False (ADC at or above normal
+    tissue: T2 shine-through), or None: neither confirmed nor excluded (the ADC
+    does not cover the candidate, or lies between the restricted range and
+    normal tissue). ``rel_tissue``: follow-up core ADC / follow-up tissue median.
     ``rel_baseline``: that ratio divided by the same ratio at baseline (None
     without a baseline ADC). ``coverage``: share of core voxels with ADC.
     """
@@ -159,11 +161,20 @@ def adc_verdict(fu_core: NDArray[np.floating], base_core: NDArray[np.floating] |
 
         restricted = rel_tissue < adc_normal_ratio
                      and (rel_tissue <= adc_low_ratio or rel_baseline <= adc_drop_ratio)
+        not restricted (T2 shine-through) = rel_tissue >= adc_normal_ratio
+        otherwise: neither (None)
 
     with ``rel_tissue = median(fu_core) / fu_tissue_median`` ("low relative to
     normal tissue") and ``rel_baseline = rel_tissue / (median(base_core) /
     base_tissue_median)`` ("decreased vs baseline", both visits in units of
     their own tissue so scanner scaling cancels).
+
+    The middle band is what a small infarct on a coarse DWI grid reads (its
+    voxels hold normal tissue too: an 8 mm infarct of ADC 0.38 x tissue read
+    0.85-0.90 x tissue on the 4 mm grid of a synthetic study), and also what
+    DWI noise reads (noise that raises b1000 lowers the ADC computed from it:
+    0.82-0.92). It does not tell the two apart, so it excludes neither: the
+    candidate stays a DWI increase for review instead of being dismissed.
     """
     p = params or MultiContrastParams()
     fu = np.asarray(fu_core, np.float64)
@@ -181,15 +192,23 @@ def adc_verdict(fu_core: NDArray[np.floating], base_core: NDArray[np.floating] |
             rel_b = rel_t / float(np.median(b[okb]) / base_tissue_median)
     low = rel_t <= p.adc_low_ratio
     dropped = rel_b is not None and rel_b <= p.adc_drop_ratio
-    restricted = rel_t < p.adc_normal_ratio and (low or dropped)
     base_txt = "no baseline ADC" if rel_b is None else f"{rel_b:.2f} x baseline"
-    if restricted:
+    restricted: bool | None
+    if rel_t >= p.adc_normal_ratio:
+        restricted = False
+        why = (f"ADC not low: {rel_t:.2f} x normal tissue, {base_txt}: DWI increase "
+               "without restricted diffusion (T2 shine-through)")
+    elif low or dropped:
+        restricted = True
         why = (f"restricted diffusion: ADC {rel_t:.2f} x normal tissue, {base_txt} (rule: <= "
                f"{p.adc_low_ratio:g} x tissue or <= {p.adc_drop_ratio:g} x baseline)")
     else:
-        why = (f"ADC not low: {rel_t:.2f} x normal tissue, {base_txt}: DWI increase "
-               "without restricted diffusion (T2 shine-through)")
-    return AdcVerdict(bool(restricted), rel_t, rel_b, cov, why)
+        restricted = None
+        why = (f"ADC {rel_t:.2f} x normal tissue, {base_txt}: below normal tissue but above "
+               f"the restricted range (<= {p.adc_low_ratio:g} x tissue or <= "
+               f"{p.adc_drop_ratio:g} x baseline); partial volume of a small lesion on this "
+               "grid reads so: restriction neither confirmed nor excluded")
+    return AdcVerdict(restricted, rel_t, rel_b, cov, why)
 
 
 def adc_on_grid(adc: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None
@@ -225,8 +244,9 @@ def restricted_diffusion(candidates: list[dict[str, Any]], components: list[Comp
 
     A ``new_restricted_diffusion`` candidate stays typed and flaggable when
     :func:`adc_verdict` says restricted (``adc`` joins its ``contrasts``); when
-    the ADC is not low it becomes ``t2_shine_through`` and is not flagged;
-    without ADC it is kept as before with the reason that ADC was not available.
+    the ADC is at or above normal tissue it becomes ``t2_shine_through`` and is
+    not flagged; when the verdict is neither, or without ADC, it is kept as a
+    DWI increase with the reason.
     """
     p = params or MultiContrastParams()
     zf = np.asarray(z, np.float32).ravel()
