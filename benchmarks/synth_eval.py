@@ -118,8 +118,10 @@ def _tables(res: dict[str, object], a: argparse.Namespace) -> str:
         f"--seed {a.seed}`: the plain subtraction baseline (`mri_safety.evaluation.subtraction`:"
         " rigid + N4 + mean/SD match + robust z > 5, >= 10 voxels) scored by the harness "
         "(`mri_safety.evaluation.scoring`: expert lesions = 26-connected components >= 3 voxels,"
-        " found = touched within one voxel). Generation "
-        f"{float(res['generate_s']):.0f} s, whole run {float(res['total_s']):.0f} s.",
+        " found = touched within one voxel). "
+        + ("Study given (`--study`, generated beforehand with the same arguments); "
+           if a.study else f"Generation {float(res['generate_s']):.0f} s, ")
+        + f"whole run {float(res['total_s']):.0f} s.",
         "",
         "| pairs | lesions | found | sensitivity | FP per pair | F1 | sensitivity by diameter |",
         "|---|---|---|---|---|---|---|",
