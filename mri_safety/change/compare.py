@@ -273,17 +273,17 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
         icv = dilate_mm(brain, 3.0, sp)
     if brain.sum() < 1000:
         raise ValueError("baseline brain mask has fewer than 1000 voxels")
+    if region == "spine":
+        return _register_spine_pair(base, fu, base_n4, fu_n4, brain, icv, mask_method,
+                                    contrast, threads)
+    if region != "brain":
+        raise ValueError(f"unknown region {region!r}; expected 'brain' or 'spine'")
     reg_mask = img_like(dilate_mm(brain, 5.0, sp).astype(np.uint8), base)
     # ITK's gradient filter at every level and no B-spline upsampling of thick
     # axes: on the real no-change patient-positions pairs (4.8 mm sagittal) this
     # flagged 8 candidates over 6 pairs, against 14 with the registration
     # defaults (finest-level central differences, upsampling), which are tuned
     # for the TRE of synthetic 2D stacks (docs/registration.md).
-    if region == "spine":
-        return _register_spine_pair(base, fu, base_n4, fu_n4, brain, icv, mask_method,
-                                    contrast, threads)
-    if region != "brain":
-        raise ValueError(f"unknown region {region!r}; expected 'brain' or 'spine'")
     reg = register(base_n4, fu_n4, fixed_mask=reg_mask,
                    params=RigidParams(threads=threads, seed=seed, **DETECT_RIGID))
     return RegisteredPair(
