@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MRI_SAFETY_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -22,6 +23,20 @@ def need_data(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not found: {p} (set MRI_SAFETY_DATA)")
     return p
+
+
+def head_t1_2mm_n4() -> sitk.Image:
+    """The real 3D head T1 (``brain-t1-3d`` reference NIfTI) resampled to 2 mm
+    isotropic (linear, same origin and direction) and bias-corrected: the input of
+    the template-fit tests (the brain-mask step works on such images)."""
+    from mri_safety.preprocess.bias import n4_correct
+    from mri_safety.register.transforms import load_image
+
+    head = load_image(need_data("dicom", "brain-t1-3d", "ref", "anat-T1w.nii.gz"))
+    size = [int(n * s / 2.0) for n, s in zip(head.GetSize(), head.GetSpacing(), strict=True)]
+    return n4_correct(sitk.Resample(head, size, sitk.Transform(), sitk.sitkLinear,
+                                    head.GetOrigin(), [2.0] * 3, head.GetDirection(), 0.0,
+                                    sitk.sitkFloat32))[0]
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import need_data
+from conftest import head_t1_2mm_n4, need_data
 from scipy import ndimage as ndi
 
 from mri_safety.change.region import REGIONS, region_of
@@ -153,11 +153,7 @@ def test_template_fit_accepted_on_a_3d_t1_and_rejected_when_it_covers_the_scalp(
     from mri_safety.preprocess.bias import n4_correct
     from mri_safety.register.transforms import load_image
 
-    head = load_image(need_data("dicom", "brain-t1-3d", "ref", "anat-T1w.nii.gz"))
-    size = [int(s * sp / 2.0) for s, sp in zip(head.GetSize(), head.GetSpacing(), strict=True)]
-    img = n4_correct(sitk.Resample(head, size, sitk.Transform(), sitk.sitkLinear,
-                                   head.GetOrigin(), [2.0] * 3, head.GetDirection(), 0.0,
-                                   sitk.sitkFloat32))[0]
+    img = head_t1_2mm_n4()
     ms = brain_mask(img)
     assert ms.method.endswith("(MNI template)") and ms.subject_to_mni is not None
     ijk = np.argwhere(ms.brain).mean(0)

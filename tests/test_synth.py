@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import need_data
+from conftest import head_t1_2mm_n4, need_data
 
 EXPECTED = {"T1w": ("T1w", False), "T1w_post": ("T1w", True), "T2w": ("T2w", False),
             "FLAIR": ("FLAIR", False), "T2starw": ("T2starw", False), "DWI_b0": ("DWI", False),
@@ -266,16 +266,11 @@ def test_anatomy_mni_mapping_agrees_with_an_independent_fit() -> None:
     need_data("dicom", "brain-t1-3d")
     from nilearn import datasets
 
-    from mri_safety.preprocess.bias import n4_correct
     from mri_safety.preprocess.masks import brain_masks
-    from mri_safety.register.transforms import load_image, subject_to_mni_ras
+    from mri_safety.register.transforms import subject_to_mni_ras
     from mri_safety.synth import anatomy as anat
 
-    img = load_image(anat.HEAD_REF_NIFTI)
-    size = [int(n * s / 2.0) for n, s in zip(img.GetSize(), img.GetSpacing(), strict=True)]
-    img2 = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
-                         [2.0] * 3, img.GetDirection())
-    other = np.linalg.inv(subject_to_mni_ras(brain_masks(n4_correct(img2)[0]).template_to_subject))
+    other = np.linalg.inv(subject_to_mni_ras(brain_masks(head_t1_2mm_n4()).template_to_subject))
     gen = anat.get_anatomy(1.0).mni_to_subject
     m = datasets.load_mni152_brain_mask(resolution=2)
     ijk = np.argwhere(np.asarray(m.get_fdata()) > 0.5)[::7]
