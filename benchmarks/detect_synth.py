@@ -26,10 +26,11 @@ label, 0.5 mm baseline grid, is brought onto each comparison's baseline grid
 by linear resampling of its indicator, > 0.25). A flagged candidate touching
 no abnormality is a false positive of its pair; one touching only the tissue
 that became CSF of enlarged ventricles is a true change counted apart (the
-ventricles are judged by the Jacobian). When the Jacobian flags ventricular
-enlargement, candidates marked ``ventricle_margin`` are attached to that
-finding and unflagged first, as the pipeline does
-(``mri_safety.change.volume_finding.link_ventricle_margin``). Sizes are equivalent-sphere
+ventricles are judged by the Jacobian). Candidates marked ``ventricle_margin``
+are attached to the ventricle measurement and unflagged first, as the pipeline
+does (``mri_safety.change.volume_finding.link_ventricle_margin``): to a flagged
+ventricular enlargement, or, without one, as growth atrophy explains when their
+volumes sum to no more than it allows. Sizes are equivalent-sphere
 diameters of the baseline-space truth label. The anatomical region of each
 flagged candidate on an abnormality is checked against the region of the truth
 voxels through the generator's own subject -> MNI mapping. Writes the section
@@ -61,7 +62,10 @@ from mri_safety.change.masks import arr, img_like  # noqa: E402
 from mri_safety.change.multicontrast import within_visit_from_extra  # noqa: E402
 from mri_safety.change.params import DetectParams  # noqa: E402
 from mri_safety.change.region import region_of  # noqa: E402
-from mri_safety.change.volume_finding import link_ventricle_margin  # noqa: E402
+from mri_safety.change.volume_finding import (  # noqa: E402
+    explained_growth_mm3,
+    link_ventricle_margin,
+)
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
 from mri_safety.preprocess.masks import brain_masks  # noqa: E402
@@ -215,13 +219,16 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
             vmask = ventricle_mask(arr(b1), brain, tuple(b1.GetSpacing()), "dark")
             vc = volume_change(b1, sitk.Resample(f1, b1, tx, sitk.sitkLinear, 0.0), brain, vmask)
             n_flag_visit += int(vc.ventricular_enlargement)
+            explained = (None if vc.ventricular_enlargement
+                         else explained_growth_mm3(vc.as_dict()))
             for kind, (_contrast, region) in PAIRS.items():
                 res, b, sec = _detect(gt, "baseline", vname, kind)
                 seconds.append(sec)
-                # as the pipeline does: with a flagged ventricular enlargement, candidates on
-                # tissue that became ventricular CSF are attached to it, not flagged one by one
-                linked = (link_ventricle_margin(res.candidates, "ventricles")
-                          if vc.ventricular_enlargement and region == "brain" else [])
+                # as the pipeline does: candidates on tissue that became ventricular CSF are
+                # attached to the ventricle measurement (flagged enlargement, or growth that
+                # atrophy explains when their volume is within it), not flagged one by one
+                linked = (link_ventricle_margin(res.candidates, "ventricles", explained)
+                          if region == "brain" else [])
                 lab_img, tids = ((spine_lab, spine_ids) if region == "spine"
                                  else (brain_lab, [i for i in ids if kinds[i] != "ventricles"]))
                 truth = _truth_on(lab_img, tids, b)
@@ -237,7 +244,8 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
                 if region == "brain":
                     regions += _region_check(sc["touch"], truth, b, s2m, t, f"{pid} {vname} {kind}")
                 for k, n in sc["linked_on"].items():
-                    linked_on[k] += n
+                    why = "enlarged" if vc.ventricular_enlargement else "within atrophy"
+                    linked_on[f"{why}: {k}"] += n
                 n_flag_visit += sc["flagged"]
                 hit.update((region, i) for i in sc["hit"])
                 fp_pairs.append((f"{pid} {vname} {kind}", sc["fp"]))
@@ -281,8 +289,7 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
                     continue
                 res, b, sec = _detect(gt, pname, vname, kind)
                 seconds.append(sec)
-                linked = (link_ventricle_margin(res.candidates, "ventricles")
-                          if vc.ventricular_enlargement else [])
+                linked = link_ventricle_margin(res.candidates, "ventricles", explained)
                 truth = _truth_on(brain_lab, [i for i in new if kinds[i] != "ventricles"], b, ptx)
                 vent = _truth_on(brain_lab, [i for i in new if kinds[i] == "ventricles"], b, ptx)
                 before = _truth_on(prev_lab, earlier, b, ptx)
@@ -359,8 +366,10 @@ def _table(r: dict[str, Any], cmd: str) -> str:
                   "(true changes, counted neither as found nor as false positives): "
                   + ", ".join(f"{p} ({n})" for p, n in r["vent_pairs"]) + ".", ""]
     if r["linked_on"]:
-        lines += ["Candidates attached to a flagged ventricular-enlargement finding (tissue that"
-                  " became ventricular CSF; unflagged, as in the pipeline), by what they lie on: "
+        lines += ["Candidates attached to the ventricle measurement (tissue that became "
+                  "ventricular CSF; unflagged, as in the pipeline), by the visit's ventricle "
+                  "verdict and what they lie on (an abnormality here would be a true change "
+                  "hidden): "
                   + ", ".join(f"{k} {n}" for k, n in sorted(r["linked_on"].items())) + ".", ""]
     if r["nochange"]:
         lines.append("Follow-ups without any new abnormality (atrophy only): " + ", ".join(

@@ -265,7 +265,7 @@ def volume_entry(pair: Pair, res: StageResult | BaseException, out: Path) -> dic
     manifest = str((res.path / "manifest.json").relative_to(out))
     entry.update({k: doc.get(k) for k in (
         "brain_volume_change_pct", "ventricle_volume_change_pct", "ventricle_volume_mm3",
-        "atrophy_allowance_pct", "ventricular_enlargement")})
+        "atrophy_allowance_pct", "ventricle_limit_pct", "ventricular_enlargement")})
     entry["manifest"] = manifest
     fid = f"{pair.region}-ventricles-vs-{pair.reference_visit}"
     entry["candidates"] = [{**c, "finding_id": fid, "manifest": manifest}

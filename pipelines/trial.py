@@ -934,25 +934,37 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
 
 def _link_ventricle_margin(v: dict[str, Any]) -> None:
     """Attach a visit's ``ventricle_margin`` brain candidates (tissue that became
-    ventricular CSF) to its flagged ventricular-enlargement finding
-    (:func:`mri_safety.change.volume_finding.link_ventricle_margin`): they are
-    unflagged, carry ``linked_to``, and the finding lists them under
-    ``linked_candidates`` (comparison and candidate ids). Nothing changes
-    when the visit has no flagged enlargement."""
-    from mri_safety.change.volume_finding import link_ventricle_margin
+    ventricular CSF) to its ventricle measurement
+    (:func:`mri_safety.change.volume_finding.link_ventricle_margin`): to the
+    flagged ventricular-enlargement finding when there is one; otherwise to the
+    vs-baseline measurement, as change atrophy explains, when each comparison's
+    margin candidates together hold no more than the growth it allows. Linked
+    candidates are unflagged and carry ``linked_to``; the finding (or, when
+    not flagged, the ``volume_change`` entry) lists them under
+    ``linked_candidates`` (comparison and candidate ids)."""
+    from mri_safety.change.volume_finding import explained_growth_mm3, link_ventricle_margin
 
-    found = [x for e in v.get("volume_change", []) for x in e.get("candidates", [])
+    entries = [e for e in v.get("volume_change", []) if not e.get("error")]
+    found = [x for e in entries for x in e.get("candidates", [])
              if x.get("flagged") and x.get("type") == "ventricular_enlargement"]
-    if not found:
-        return
-    finding = found[0]
+    holder: dict[str, Any]
+    explained: float | None = None
+    if found:
+        holder, fid = found[0], str(found[0]["finding_id"])
+    else:
+        ref = [e for e in entries if e.get("reference_visit") == "baseline"
+               and explained_growth_mm3(e) is not None]
+        if not ref:
+            return
+        holder, explained = ref[0], explained_growth_mm3(ref[0])
+        fid = f"{holder['region']}-ventricles-vs-{holder['reference_visit']}"
     for entry in v["comparisons"]:
         if entry.get("region") != "brain" or not entry.get("candidates"):
             continue
-        ids = link_ventricle_margin(entry["candidates"], str(finding["finding_id"]))
+        ids = link_ventricle_margin(entry["candidates"], fid, explained)
         if ids:
             v["n_flagged"] -= len(ids)
-            finding.setdefault("linked_candidates", []).append({
+            holder.setdefault("linked_candidates", []).append({
                 "comparison": f"{entry['followup_name']} vs {entry['baseline_name']}",
                 "kind": entry.get("kind"), "candidate_ids": ids})
 

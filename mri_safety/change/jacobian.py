@@ -74,6 +74,8 @@ class VolumeChange:
     ventricle_volume_mm3: float
     allowance_pct: float
     ventricular_enlargement: bool
+    #: ventricle growth (percent) beyond which it is reported: allowance + ventricle_min_pct
+    limit_pct: float
 
     def as_dict(self) -> dict[str, object]:
         return {"brain_volume_change_pct": round(self.brain_pct, 2),
@@ -81,6 +83,7 @@ class VolumeChange:
                                                 else round(self.ventricle_pct, 2)),
                 "ventricle_volume_mm3": round(self.ventricle_volume_mm3, 1),
                 "atrophy_allowance_pct": round(self.allowance_pct, 2),
+                "ventricle_limit_pct": round(self.limit_pct, 2),
                 "ventricular_enlargement": self.ventricular_enlargement}
 
 
@@ -150,5 +153,6 @@ def volume_change(baseline: sitk.Image, followup_in_baseline: sitk.Image,
         vent_vol = float(v.sum() * np.prod(spacing))
         vent_pct = float(100.0 * (j[v].mean() - 1.0))
     allowance = p.ex_vacuo_factor * max(0.0, -brain_pct)
-    enlarged = vent_pct is not None and vent_pct > allowance + p.ventricle_min_pct
-    return VolumeChange(j, brain_pct, vent_pct, vent_vol, allowance, bool(enlarged))
+    limit = allowance + p.ventricle_min_pct
+    enlarged = vent_pct is not None and vent_pct > limit
+    return VolumeChange(j, brain_pct, vent_pct, vent_vol, allowance, bool(enlarged), limit)

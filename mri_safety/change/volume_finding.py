@@ -32,22 +32,47 @@ grown ventricles) the voxels are not new CSF, and a candidate holding such a
 piece of candidate size (:func:`largest_piece`) is not marked. A T1w
 comparison has no second contrast in the pipeline, so this check cannot help
 it.
-:func:`link_ventricle_margin` then attaches those candidates to a flagged
-ventricular-enlargement finding of the same visit: they are listed under it
-and no longer flagged one by one. Without a flagged finding they stay flagged
-(the Jacobian underestimates sharp growth, so they may be the only sign).
+:func:`link_ventricle_margin` then attaches those candidates to the
+ventricle measurement of the same visit: they are listed under it and no
+longer flagged one by one.
 
->>> cands = [{"id": 3, "flagged": True, "ventricle_margin": True, "reasons": []},
+* With flagged ventricular enlargement they are part of that finding.
+* Without it, the ventricles grew no more than atrophy explains (by the
+  Jacobian), and the candidates are linked as expected change only when their
+  own volume agrees: all of them together hold no more CSF than the growth
+  the rule allows, ``limit_pct / 100 x baseline ventricle volume``
+  (:func:`explained_growth_mm3`). The Jacobian underestimates sharp growth, so
+  candidates holding more than that may be the only sign of enlargement: they
+  stay flagged. ALS causes atrophy, and partial volume at the ventricle edge
+  of thick, re-angled slices looks the same way; neither is a safety finding.
+
+>>> cands = [{"id": 3, "flagged": True, "ventricle_margin": True, "reasons": [],
+...            "volume_mm3": 160.0},
 ...          {"id": 4, "flagged": True, "ventricle_margin": False, "reasons": []}]
 >>> link_ventricle_margin(cands, "brain-ventricles-vs-baseline")
 [3]
 >>> [(c["flagged"], c.get("linked_to")) for c in cands]
 [(False, 'brain-ventricles-vs-baseline'), (True, None)]
+
+Within the atrophy allowance (limit 10 % of 25 mL = 2500 mm3): 160 mm3 is
+explained, 3000 mm3 is not.
+
+>>> vc = {"ventricle_volume_change_pct": 0.4, "ventricle_limit_pct": 10.0,
+...       "ventricle_volume_mm3": 25000.0, "ventricular_enlargement": False}
+>>> explained_growth_mm3(vc)
+2500.0
+>>> c = [{"id": 5, "flagged": True, "ventricle_margin": True, "volume_mm3": 160.0}]
+>>> link_ventricle_margin(c, "brain-ventricles-vs-baseline", explained_growth_mm3(vc))
+[5]
+>>> c = [{"id": 6, "flagged": True, "ventricle_margin": True, "volume_mm3": 3000.0}]
+>>> link_ventricle_margin(c, "brain-ventricles-vs-baseline", explained_growth_mm3(vc))
+[]
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -171,22 +196,47 @@ def largest_piece(voxels: NDArray[np.int64], mask: NDArray[np.bool_],
             float(np.abs(np.asarray(z)[big]).max()))
 
 
-def link_ventricle_margin(candidates: list[dict[str, Any]], finding_id: str) -> list[int]:
-    """Attach the flagged ``ventricle_margin`` candidates to a flagged
-    ventricular-enlargement finding (``finding_id``): each gets
-    ``flagged`` False, ``linked_to`` the finding and a reason. Changes
-    ``candidates`` in place; returns the ids linked, in list order. Call it
-    only when the visit's ventricular-enlargement finding is flagged."""
-    linked: list[int] = []
-    for c in candidates:
-        if c.get("flagged") and c.get("ventricle_margin"):
-            c["flagged"] = False
-            c["linked_to"] = finding_id
-            c.setdefault("reasons", []).append(
-                f"on tissue that became ventricular CSF: part of the ventricular-enlargement "
-                f"finding {finding_id}, listed under it instead of flagged on its own")
-            linked.append(int(c["id"]))
-    return linked
+def explained_growth_mm3(vc: Mapping[str, Any]) -> float | None:
+    """Ventricular growth (mm3) that the atrophy rule allows without a finding:
+    ``ventricle_limit_pct / 100 x ventricle_volume_mm3`` (baseline ventricles),
+    from :meth:`mri_safety.change.jacobian.VolumeChange.as_dict`. None when
+    no ventricle change was measured or the limit is not recorded."""
+    limit, vol = vc.get("ventricle_limit_pct"), vc.get("ventricle_volume_mm3")
+    if vc.get("ventricle_volume_change_pct") is None or limit is None or vol is None:
+        return None
+    return float(limit) / 100.0 * float(vol)
+
+
+def link_ventricle_margin(candidates: list[dict[str, Any]], finding_id: str,
+                          explained_mm3: float | None = None) -> list[int]:
+    """Attach the flagged ``ventricle_margin`` candidates to the visit's
+    ventricle measurement ``finding_id``: each gets ``flagged`` False,
+    ``linked_to`` the finding and a reason. Changes ``candidates`` in place;
+    returns the ids linked, in list order.
+
+    ``explained_mm3`` None: the ventricular-enlargement finding is flagged and
+    every margin candidate is part of it. A number (:func:`explained_growth_mm3`,
+    enlargement not flagged): the candidates are linked, as change that atrophy
+    explains, only when their volumes sum to at most that; otherwise none is
+    (more new CSF than the rule allows: they may be the only sign of growth the
+    Jacobian underestimated)."""
+    margin = [c for c in candidates if c.get("flagged") and c.get("ventricle_margin")]
+    if explained_mm3 is None:
+        why = (f"on tissue that became ventricular CSF: part of the ventricular-enlargement "
+               f"finding {finding_id}, listed under it instead of flagged on its own")
+    else:
+        total = sum(float(c.get("volume_mm3") or 0.0) for c in margin)
+        if total > explained_mm3:
+            return []
+        why = (f"on tissue that became ventricular CSF, {total:.0f} mm3 with the comparison's "
+               f"other such candidates, within the {explained_mm3:.0f} mm3 of ventricular "
+               f"growth that atrophy explains ({finding_id}, not enlarged): expected change, "
+               "listed under it instead of flagged")
+    for c in margin:
+        c["flagged"] = False
+        c["linked_to"] = finding_id
+        c.setdefault("reasons", []).append(why)
+    return [int(c["id"]) for c in margin]
 
 
 def ventricular_candidate(vc: dict[str, Any], ventricle_min_pct: float) -> dict[str, Any] | None:

@@ -19,6 +19,18 @@ def _label(e: Mapping[str, Any]) -> str:
     return f"{e.get('region')} {e.get('contrast')} volume change vs {e.get('reference_visit')}"
 
 
+def _linked_note(linked: list[Mapping[str, Any]], what: str) -> str:
+    """Sentence naming the candidates linked to a ventricle measurement, or ''."""
+    n = sum(len(li.get("candidate_ids", [])) for li in linked)
+    if not n:
+        return ""
+    return (f" {n} candidate(s) on tissue that became ventricular CSF are listed under "
+            f"{what} (unflagged rows naming it): "
+            + "; ".join(f"{li.get('comparison')}: "
+                        + ", ".join(f"#{i}" for i in li.get("candidate_ids", []))
+                        for li in linked) + ".")
+
+
 def volume_change_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rows ``{quantity, value, unit, series, note}`` (the morphometry table's
     columns) for each ``volume_change`` entry of a visit summary."""
@@ -38,7 +50,8 @@ def volume_change_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         elif vent is None:
             note = "no ventricle mask"
         else:
-            note = f"within what atrophy explains (allowance {limit:.1f}% + margin)"
+            note = (f"within what atrophy explains (allowance {limit:.1f}% + margin)"
+                    + _linked_note(e.get("linked_candidates") or [], "this measurement"))
         rows.append({"quantity": f"brain volume change vs {ref} (Jacobian)",
                      "value": "n/a" if brain is None else f"{float(brain):+.2f}", "unit": "%",
                      "series": series, "note": "rigid + coarse deformable registration"})
@@ -55,8 +68,6 @@ def volume_change_candidates(summary: Mapping[str, Any]) -> list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     for e in summary.get("volume_change", []) or []:
         for x in e.get("candidates", []) or []:
-            linked = x.get("linked_candidates") or []
-            n_linked = sum(len(li.get("candidate_ids", [])) for li in linked)
             out.append({
                 "finding_id": str(x.get("finding_id") or f"brain-ventricles-vs-"
                                   f"{e.get('reference_visit')}"),
@@ -70,11 +81,6 @@ def volume_change_candidates(summary: Mapping[str, Any]) -> list[dict[str, Any]]
                 "montage": None, "montage_missing": False,
                 "note": "No picture: a measurement of the whole ventricular system (see the "
                         "volume change rows under Across visits)."
-                        + (f" {n_linked} candidate(s) on tissue that became ventricular CSF "
-                           "are listed under this finding (unflagged rows naming it): "
-                           + "; ".join(f"{li.get('comparison')}: "
-                                       + ", ".join(f"#{i}" for i in li.get("candidate_ids", []))
-                                       for li in linked) + "."
-                           if n_linked else ""),
+                        + _linked_note(x.get("linked_candidates") or [], "this finding"),
             })
     return out
