@@ -5,13 +5,15 @@ post-contrast T1w as t1ce, ADC / pre-contrast partners, partnered ADC
 comparisons dropped, volume-change pair choice), the ventricular-enlargement
 candidate and its report rows.
 
-Slow (~3-4 min on 2 shared cores): the third synthetic patient (seed 2), whose
-M2 visit has an infarct (from 24h), a mass and enlarged ventricles, baseline
-and M2 only, series T1w, DWI b0/b1000, ADC, post-contrast T1w, through the
-pipeline: the volume stage flags ventricular enlargement in the visit summary
-and report, the DWI comparison (with ADC) flags the infarct as
-new_restricted_diffusion, the t1ce comparison (with pre-contrast T1w) flags the
-mass as new_enhancement, and a re-run reuses the volume stage.
+Slow (~3-4 min on 2 shared cores): the third synthetic patient (seed 2): an
+acute infarct at 24h (chronic by M2: no longer seen on DWI), then at M2 a mass
+and enlarged ventricles. Through the pipeline, with the series each check
+needs (baseline: T1w, DWI b0/b1000, ADC, post-contrast T1w; 24h: the DWI
+series and ADC; M2: T1w and post-contrast T1w): the volume stage flags
+ventricular enlargement in the M2 visit summary and report, the 24h DWI
+comparison (with ADC) flags the infarct as new_restricted_diffusion, the M2
+t1ce comparison (with pre-contrast T1w) flags the mass as new_enhancement,
+and a re-run reuses the volume stage.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def test_pairs_partners_and_volume_choice() -> None:
 def _volume_summary(enlarged: bool) -> dict[str, Any]:
     vc = {"brain_volume_change_pct": -0.4, "ventricle_volume_change_pct": 22.0 if enlarged
           else 3.0, "ventricle_volume_mm3": 30000.0, "atrophy_allowance_pct": 4.0,
-          "ventricular_enlargement": enlarged}
+          "ventricle_limit_pct": 14.0, "ventricular_enlargement": enlarged}
     cand = ventricular_candidate(vc, 10.0)
     entry = {"region": "brain", "contrast": "t1w", "reference_visit": "baseline",
              "baseline_name": "sub-X/ses-baseline/anat/b_T1w.nii.gz",
@@ -148,20 +150,25 @@ def test_ventricular_candidate_and_report_rows() -> None:
 def test_ventricle_margin_candidates_linked_to_flagged_enlargement() -> None:
     """A visit with flagged ventricular enlargement: its brain candidates marked
     ``ventricle_margin`` are unflagged and listed under the finding (n_flagged
-    drops by as many); others stay flagged. Without a flagged enlargement
-    nothing changes (the margin candidates may be the only sign of it)."""
+    drops by as many); others stay flagged. Without a flagged enlargement they
+    are linked to the measurement only while their volume is within the growth
+    atrophy explains (14 % of 30 mL = 4200 mm3 here): more may be the only
+    sign of growth the Jacobian underestimated, and stays flagged."""
     from pipelines.trial import _link_ventricle_margin
 
-    def comparison() -> dict[str, Any]:
+    def comparison(margin_mm3: float = 160.0) -> dict[str, Any]:
         return {"region": "brain", "kind": "baseline", "contrast": "t1w",
                 "baseline_name": "b_T1w.nii.gz", "followup_name": "f_T1w.nii.gz",
                 "candidates": [
-                    {"id": 1, "flagged": True, "ventricle_margin": False, "reasons": []},
-                    {"id": 2, "flagged": True, "ventricle_margin": True, "reasons": []},
-                    {"id": 3, "flagged": False, "ventricle_margin": True, "reasons": []}]}
+                    {"id": 1, "flagged": True, "ventricle_margin": False, "reasons": [],
+                     "volume_mm3": 100.0},
+                    {"id": 2, "flagged": True, "ventricle_margin": True, "reasons": [],
+                     "volume_mm3": margin_mm3},
+                    {"id": 3, "flagged": False, "ventricle_margin": True, "reasons": [],
+                     "volume_mm3": 80.0}]}
 
     s = _volume_summary(True)
-    s["comparisons"] = [comparison()]
+    s["comparisons"] = [comparison(margin_mm3=9000.0)]
     s["n_flagged"] += 2
     _link_ventricle_margin(s)
     cands = s["comparisons"][0]["candidates"]
@@ -174,12 +181,29 @@ def test_ventricle_margin_candidates_linked_to_flagged_enlargement() -> None:
     row = next(r for r in build_visit_context(s)["flagged"]
                if r["type"] == "ventricular enlargement")
     assert "1 candidate(s)" in row["note"] and "f_T1w.nii.gz vs b_T1w.nii.gz: #2" in row["note"]
-    quiet = _volume_summary(False)
-    quiet["comparisons"] = [comparison()]
+
+    quiet = _volume_summary(False)  # ventricles +3 %: within atrophy + margin
+    quiet["comparisons"] = [comparison(margin_mm3=160.0)]
     quiet["n_flagged"] = 2
     _link_ventricle_margin(quiet)
-    assert [c["flagged"] for c in quiet["comparisons"][0]["candidates"]] == [True, True, False]
-    assert quiet["n_flagged"] == 2
+    cands = quiet["comparisons"][0]["candidates"]
+    assert [c["flagged"] for c in cands] == [True, False, False]
+    assert cands[1]["linked_to"] == "brain-ventricles-vs-baseline"
+    assert "within the 4200 mm3" in cands[1]["reasons"][-1]
+    assert quiet["n_flagged"] == 1
+    (entry,) = quiet["volume_change"]
+    assert entry["linked_candidates"] == [{"comparison": "f_T1w.nii.gz vs b_T1w.nii.gz",
+                                           "kind": "baseline", "candidate_ids": [2]}]
+    rows = {m["quantity"]: m for m in build_visit_context(quiet)["morphometry"]}
+    note = rows["ventricle volume change vs baseline (Jacobian)"]["note"]
+    assert "within what atrophy explains" in note and "f_T1w.nii.gz vs b_T1w.nii.gz: #2" in note
+
+    much = _volume_summary(False)  # 4300 mm3 of new CSF: more than the 4200 allowed
+    much["comparisons"] = [comparison(margin_mm3=4300.0)]
+    much["n_flagged"] = 2
+    _link_ventricle_margin(much)
+    assert [c["flagged"] for c in much["comparisons"][0]["candidates"]] == [True, True, False]
+    assert much["n_flagged"] == 2 and "linked_candidates" not in much["volume_change"][0]
 
 
 def test_failed_volume_stage_is_an_entry_with_its_error(tmp_path: Path) -> None:
@@ -202,7 +226,9 @@ def test_failed_volume_stage_is_an_entry_with_its_error(tmp_path: Path) -> None:
 # slow: the pipeline on a synthetic patient with enlarged ventricles
 
 SECRET = b"pipeline-test-secret-0123456789"
-KEEP = ("01_T1w", "05_DWI_b0", "06_DWI_b1000", "07_ADC", "08_T1w_post")
+#: series copied per visit (see the module docstring)
+KEEP = {"baseline": ("01_T1w", "05_DWI_b0", "06_DWI_b1000", "07_ADC", "08_T1w_post"),
+        "24h": ("05_DWI_b0", "06_DWI_b1000", "07_ADC"), "M2": ("01_T1w", "08_T1w_post")}
 # These tests check that the pipeline pairs partners within a visit, not how
 # small an infarct it finds (benchmarks/detect_synth.py measures that). The
 # infarct must therefore be well above the 4 mm DWI grid's limit: seed 0's
@@ -215,8 +241,8 @@ MIN_INFARCT_MM = 10.0
 
 @pytest.fixture(scope="module")
 def trial3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """SYN003 of SEED (M2: infarct since 24h, mass, ventricles +3-5 mm), baseline
-    and M2 only, the series of KEEP; returns the trial folder and the truth."""
+    """SYN003 of SEED (24h: acute infarct; M2: mass, ventricles +3-5 mm), the
+    series of KEEP per visit; returns the trial folder and the truth."""
     from mri_safety.synth.study import generate_patient
 
     full = tmp_path_factory.mktemp("synth3")
@@ -225,8 +251,8 @@ def trial3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
     assert sorted(kinds) == ["infarct", "mass", "ventricles"], sorted(kinds)
     assert kinds["infarct"]["diameter_mm"] >= MIN_INFARCT_MM, kinds["infarct"]
     trial = tmp_path_factory.mktemp("trial3")
-    for visit in ("baseline", "M2"):
-        for series in KEEP:
+    for visit, keep in KEEP.items():
+        for series in keep:
             src = full / "dicom" / truth["patient_id"] / visit / series
             shutil.copytree(src, trial / "dicom" / truth["patient_id"] / visit / series)
     with open(trial / "enrolment.csv", "w", newline="") as fh:
@@ -253,8 +279,13 @@ def run3(trial3: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathF
     return out, _run(trial3[0], out), trial3[1]
 
 
+def _visit(out: Path, visit: str) -> dict[str, Any]:
+    return json.loads(next((out / "visits").glob(f"*/ses-{visit}/visit_summary.json"))
+                      .read_text())
+
+
 def _m2(out: Path) -> dict[str, Any]:
-    return json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
+    return _visit(out, "M2")
 
 
 def _near(c: dict[str, Any], truth: dict[str, Any], kind: str) -> bool:
@@ -302,8 +333,11 @@ def test_pipeline_pairs_within_visit(run3: tuple[Path, Any, dict[str, Any]]) -> 
     out, _, truth = run3
     doc = _m2(out)
     comps = {c["contrast"]: c for c in doc["comparisons"]}
+    assert sorted(comps) == ["t1ce", "t1w"] and len(doc["comparisons"]) == 2
+    day1 = _visit(out, "24h")
     # b0 is not compared, ADC is judged inside the DWI comparison
-    assert sorted(comps) == ["dwi", "t1ce", "t1w"] and len(doc["comparisons"]) == 3
+    assert [c["contrast"] for c in day1["comparisons"]] == ["dwi"]
+    comps["dwi"] = day1["comparisons"][0]
     assert "run-2" in comps["dwi"]["followup_name"]
     assert sorted(comps["dwi"]["within"]) == ["adc_baseline", "adc_followup"]
     assert sorted(comps["t1ce"]["within"]) == ["pre_baseline", "pre_followup"]
@@ -330,5 +364,5 @@ def test_pipeline_rerun_reuses_volume(trial3: tuple[Path, dict[str, Any]],
     again = _run(trial3[0], out)
     # (detect re-runs too when someone edits mri_safety/change meanwhile: code is in its key)
     assert "volume" not in again.computed and again.reused["volume"] == 1
-    assert again.reused["convert"] == 10
+    assert again.reused["convert"] == 10  # 5 + 3 + 2 series
     assert _m2(out)["volume_change"] == before["volume_change"]

@@ -22,7 +22,10 @@ VALUES: dict[str, dict[str, float]] = {
     "lesion": {"T1w": 0.62, "T1w_post": 0.62, "T2w": 1.25, "FLAIR": 1.30, "T2starw": 1.0,
                "DWI_b0": 1.15, "ADC": 1.10},
     "enhancing": {"T1w_post": 1.45},
-    "infarct": {"T2w": 0.80, "FLAIR": 0.95, "DWI_b0": 1.10, "ADC": 0.38, "T2starw": 0.80},
+    # acute (the visit it appears at; infarcts appear at the 24 h visit): cytotoxic and
+    # early vasogenic oedema, bright on DWI with low ADC and already bright on T2w and
+    # FLAIR (FLAIR turns positive within about 6 h), T1w not yet changed
+    "infarct": {"T2w": 1.10, "FLAIR": 1.15, "DWI_b0": 1.10, "ADC": 0.38, "T2starw": 0.80},
     "haemorrhage": {"T2starw": 0.04, "T2w": 0.30, "DWI_b0": 0.25, "FLAIR": 0.40},
     "mass": {"T1w": 0.55, "T1w_post": 1.20, "T2w": 1.15, "FLAIR": 1.15, "T2starw": 0.85,
              "DWI_b0": 1.05, "ADC": 0.95},
@@ -30,6 +33,14 @@ VALUES: dict[str, dict[str, float]] = {
                  "DWI_b0": 1.45, "ADC": 2.6},
     "ventricles": {},  # ventricular enlargement changes tissue fractions (CSF), no new tissue
 }
+#: An infarct at a later visit than the one it appeared at (two months or more
+#: after 24 h): chronic. The ADC has passed pseudo-normalisation (about 1-2
+#: weeks) and is raised, so DWI no longer shows it; gliosis and tissue loss keep
+#: T2w and FLAIR bright and make it dark on T1w (Allen et al., RadioGraphics
+#: 2012, "Sequence-specific MR imaging findings that are useful in dating
+#: ischemic stroke").
+CHRONIC_INFARCT: dict[str, float] = {"T1w": 0.50, "T1w_post": 0.50, "T2w": 1.25, "FLAIR": 1.10,
+                                     "DWI_b0": 1.25, "ADC": 1.30, "T2starw": 0.90}
 
 
 @dataclass
@@ -55,8 +66,17 @@ class Abnormality:
 
     @property
     def values(self) -> dict[str, float]:
+        """Target intensities when it appears (units of ``contrast.TISSUE_MEANS``)."""
         key = {"enlarging": "lesion", "cord_lesion": "lesion"}.get(self.kind, self.kind)
         return VALUES.get(key, {})
+
+    def values_at(self, visit: int) -> dict[str, float]:
+        """Target intensities at ``visit`` (index; 0 = baseline): an infarct seen
+        again after the visit it appeared at is chronic (:data:`CHRONIC_INFARCT`);
+        everything else keeps :attr:`values`."""
+        if self.kind == "infarct" and visit > self.appears:
+            return CHRONIC_INFARCT
+        return self.values
 
 
 def _world_grid(anat: Anatomy, lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[slice, ...],

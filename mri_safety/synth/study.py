@@ -192,7 +192,7 @@ def _subject_state(anat: Anatomy, abns: list[ab.Abnormality], visit: int, atroph
                                         0.5 * a.diameter_mm)
         f = _fraction(anat, a, visit)
         assert f is not None
-        comps.append(Component(f, a.values))
+        comps.append(Component(f, a.values_at(visit)))
         if a.kind == "enlarging":
             f0 = _fraction(anat, a, 0)
             assert f0 is not None
