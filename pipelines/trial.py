@@ -5,7 +5,7 @@ Graph (one task per box; arrows are data dependencies)::
     plan (driver, headers only)
       -> convert[series]                      (one per series)
       -> qc[series]                           (unusable series are not compared)
-      -> n4[series], masks[series that are a baseline]   (pipelines.preprocess)
+      -> n4[series], masks[brain series that are a baseline]   (pipelines.preprocess)
       -> register[follow-up vs baseline counterpart]   rigid registration
          register[follow-up vs previous-visit counterpart]
       -> detect[pair]                         z-map + candidates (configs/detection.yaml),
@@ -157,13 +157,14 @@ def evidence_stage(
 def register_stage(
     inputs: dict[str, Path], out: Path, registration_threads: int, seed: int,
     itk_threads: int = 1, region: str = "brain", contrast: str | None = None, *,
-    baseline_n4: Path, followup_n4: Path, masks: Path,
+    baseline_n4: Path, followup_n4: Path, masks: Path | None,
 ) -> dict[str, Any]:
     """Registration of the follow-up to the baseline (rigid; for ``region`` spine the
     canal-focused rigid + B-spline, ``contrast`` choosing the cord template:
     :func:`mri_safety.change.compare.register_pair`), from the series'
     cached ``n4`` stages (``baseline_n4``, ``followup_n4``) and the baseline's
-    ``masks`` stage (:mod:`pipelines.preprocess`); writes
+    ``masks`` stage (:mod:`pipelines.preprocess`; None for spine pairs, whose
+    masks are the baseline canal found by the registration); writes
 
     * ``baseline_n4.nii.gz``, ``followup_n4.nii.gz`` (float32, each on its raw
       image's grid), ``brain_mask.nii.gz``, ``icv_mask.nii.gz`` (uint8, baseline
@@ -177,9 +178,11 @@ def register_stage(
     thread count) are parameters here; the detection configuration is not, so
     changing it reuses this stage.
     """
+    import numpy as np
     import SimpleITK as sitk
 
     from mri_safety.change.compare import _load, register_pair
+    from mri_safety.change.masks import img_like
     from pipelines.preprocess import load_masks, load_n4
 
     base, fu = _load(inputs["baseline"]), _load(inputs["followup"])
@@ -187,11 +190,16 @@ def register_stage(
         rp = register_pair(base, fu, threads=registration_threads, seed=seed,
                            baseline_n4=load_n4(baseline_n4, base),
                            followup_n4=load_n4(followup_n4, fu),
-                           masks=load_masks(masks, base), region=region, contrast=contrast)
+                           masks=None if masks is None else load_masks(masks, base),
+                           region=region, contrast=contrast)
     link_or_copy(baseline_n4 / "n4.nii.gz", out / "baseline_n4.nii.gz")
     link_or_copy(followup_n4 / "n4.nii.gz", out / "followup_n4.nii.gz")
-    for name in ("brain_mask", "icv_mask"):
-        link_or_copy(masks / f"{name}.nii.gz", out / f"{name}.nii.gz")
+    for name, m in (("brain_mask", rp.brain), ("icv_mask", rp.icv)):
+        if masks is not None:
+            link_or_copy(masks / f"{name}.nii.gz", out / f"{name}.nii.gz")
+        else:
+            sitk.WriteImage(img_like(m.astype(np.uint8), rp.baseline), str(out / f"{name}.nii.gz"),
+                            useCompression=True)
     sitk.WriteTransform(rp.transform, str(out / "transform.tfm"))
     sitk.WriteImage(rp.followup_in_baseline(), str(out / "followup_in_baseline.nii.gz"),
                     useCompression=True)
@@ -319,17 +327,17 @@ def _run_qc(root: str, image: Path, sidecar: Path, qc: dict[str, Any]) -> StageR
 
 
 def _run_register(root: str, baseline: Path, followup: Path, reg_params: dict[str, Any],
-                  baseline_n4: StageResult, followup_n4: StageResult, masks: StageResult
-                  ) -> StageResult:
+                  baseline_n4: StageResult, followup_n4: StageResult,
+                  masks: StageResult | None) -> StageResult:
     """``reg_params``: registration_threads, seed, itk_threads (and region, contrast
-    for spine pairs); the other
-    arguments are the series' preprocessing stages (:mod:`pipelines.preprocess`)."""
+    for spine pairs); the other arguments are the series' preprocessing stages
+    (:mod:`pipelines.preprocess`; no ``masks`` for spine pairs)."""
     return StageStore(root).run(
         "register", register_stage, {"baseline": baseline, "followup": followup}, reg_params,
         extra_key={"baseline_n4": baseline_n4.digest, "followup_n4": followup_n4.digest,
-                   "masks": masks.digest},
+                   **({} if masks is None else {"masks": masks.digest})},
         context={"baseline_n4": baseline_n4.path, "followup_n4": followup_n4.path,
-                 "masks": masks.path},
+                 "masks": None if masks is None else masks.path},
         code_deps=CODE_DEPS["register"])
 
 
@@ -771,7 +779,9 @@ def run_trial(
                 n4s[name] = client.submit(run_n4, str(work), by_name[name].path / name,
                                           threads_per_task, pure=False, retries=RETRIES)
                 chain[n4s[name]] = ("n4", name)
-        if pair.baseline_name not in masks:
+        # brain masks (MNI template fit) for brain baselines only: a spine pair's
+        # region is the canal its registration finds
+        if pair.region == "brain" and pair.baseline_name not in masks:
             name = pair.baseline_name
             masks[name] = client.submit(run_masks, str(work), n4s[name],
                                         by_name[name].path / name, threads_per_task,
@@ -785,7 +795,7 @@ def run_trial(
                 else {**reg_params, "region": pair.region, "contrast": pair.contrast})
         regs[i] = client.submit(_run_register, str(work), b, f, rp_i,
                                 n4s[pair.baseline_name], n4s[pair.followup_name],
-                                masks[pair.baseline_name], pure=False, retries=RETRIES)
+                                masks.get(pair.baseline_name), pure=False, retries=RETRIES)
         chain[regs[i]] = ("register", i)
         if i in vol_pairs:
             vf = client.submit(run_volume, str(work), regs[i], b, f, pair.contrast, vol_params,

@@ -250,7 +250,9 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
     T2 cord template): the follow-up is registered with the canal-focused rigid +
     coarse B-spline of :func:`mri_safety.register.spine.register_spine` instead
     (:data:`SPINE_MESH_MM` control points; docs/detection.md, Spine), so a
-    different neck bend is followed and the cord's own signal is compared.
+    different neck bend is followed and the cord's own signal is compared; no
+    brain mask is fitted (``brain`` and ``masks`` are not used; the pair's
+    ``brain`` and ``icv`` are the baseline canal).
 
     ``baseline_n4`` / ``followup_n4`` (``n4_correct(image)[0]``) and
     ``masks`` (``brain_mask(baseline_n4)``: brain, intracranial, method, MNI map) may be
@@ -260,8 +262,12 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
     base = sitk.Cast(baseline, sitk.sitkFloat32)
     fu = sitk.Cast(followup, sitk.sitkFloat32)
     sp = tuple(float(s) for s in base.GetSpacing())
+    if region not in ("brain", "spine"):
+        raise ValueError(f"unknown region {region!r}; expected 'brain' or 'spine'")
     base_n4 = n4_correct(base)[0] if baseline_n4 is None else baseline_n4
     fu_n4 = n4_correct(fu)[0] if followup_n4 is None else followup_n4
+    if region == "spine":  # no brain mask: the canal is the region (brain / masks unused)
+        return _register_spine_pair(base, fu, base_n4, fu_n4, contrast, threads)
     mask_method = "given"
     to_mni = None
     if masks is None and brain is None:
@@ -273,11 +279,6 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
         icv = dilate_mm(brain, 3.0, sp)
     if brain.sum() < 1000:
         raise ValueError("baseline brain mask has fewer than 1000 voxels")
-    if region == "spine":
-        return _register_spine_pair(base, fu, base_n4, fu_n4, brain, icv, mask_method,
-                                    contrast, threads)
-    if region != "brain":
-        raise ValueError(f"unknown region {region!r}; expected 'brain' or 'spine'")
     reg_mask = img_like(dilate_mm(brain, 5.0, sp).astype(np.uint8), base)
     # ITK's gradient filter at every level and no B-spline upsampling of thick
     # axes: on the real no-change patient-positions pairs (4.8 mm sagittal) this
@@ -302,8 +303,7 @@ SPINE_MESH_MM = 20.0
 
 
 def _register_spine_pair(base: sitk.Image, fu: sitk.Image, base_n4: sitk.Image,
-                         fu_n4: sitk.Image, brain: NDArray[np.bool_], icv: NDArray[np.bool_],
-                         mask_method: str, contrast: str | None, threads: int
+                         fu_n4: sitk.Image, contrast: str | None, threads: int
                          ) -> RegisteredPair:
     """Spine branch of :func:`register_pair`: canal of the baseline
     (:func:`mri_safety.preprocess.spine.spine_masks`), then
@@ -311,16 +311,21 @@ def _register_spine_pair(base: sitk.Image, fu: sitk.Image, base_n4: sitk.Image,
     metric-mask voxel is sampled, fixed thread count). Why not the brain's
     rigid step: a neck bent 20-24 deg differently left the registered cord
     0.64-0.76 NCC-similar and a cord lesion of 83 mm3 was missed; with this
-    registration 0.97, found (docs/detection.md)."""
+    registration 0.97, found (docs/detection.md). The pair's ``brain`` and
+    ``icv`` are that canal (detection takes its regions from
+    :func:`mri_safety.change.spine.spine_regions`); no brain mask is fitted to
+    a spine image."""
     if contrast is None or contrast.lower() not in SPINE_CONTRAST:
         raise ValueError(f"spine registration: contrast must be one of "
                          f"{sorted(SPINE_CONTRAST)}, got {contrast!r}")
     t0 = time.perf_counter()
     canal = spine_masks(base_n4, SPINE_CONTRAST[contrast.lower()]).canal  # type: ignore[arg-type]
     sr = register_spine(base_n4, fu_n4, canal, mesh_mm=SPINE_MESH_MM, threads=threads)
+    canal_a = arr(canal) > 0
     return RegisteredPair(
         baseline=base, followup=fu, baseline_n4=base_n4, followup_n4=fu_n4,
-        brain=brain, icv=icv, mask_method=mask_method, transform=sr.transform,
+        brain=canal_a, icv=canal_a.copy(), mask_method="spine canal (preprocess.spine)",
+        transform=sr.transform,
         registration={"method": f"rigid + B-spline {SPINE_MESH_MM:g} mm (canal-focused, "
                                 "SimpleITK, Mattes MI)",
                       "metric": round(sr.metric, 5), "init": "identity about the canal centroid",
