@@ -14,9 +14,11 @@ partners (``mri_safety.change.multicontrast``):
 Scored on the truth of the generator (labels on the baseline grid, as in
 ``benchmarks/detect_synth.py``): an abnormality is found by a comparison when a
 flagged candidate of the expected type touches it within one voxel
-(``new_restricted_diffusion`` for infarcts on DWI; ``new_enhancement`` for
-enhancing lesions and masses on t1ce); a flagged candidate touching no new
-abnormality is a false positive. Also the volume change
+(``new_restricted_diffusion`` for infarcts on DWI at the visit they appear;
+``new_enhancement`` for enhancing lesions and masses on t1ce); a flagged
+candidate touching no new abnormality is a false positive. An infarct seen
+again at a later visit is chronic (docs/synth.md): its DWI row counts how
+often it is flagged as restricted diffusion, which should be never. Also the volume change
 (``mri_safety.change.jacobian`` via the register step of the comparison, as
 the pipeline's ``volume`` stage does) on the T1w pair of every follow-up.
 Writes the section "Multi-contrast types on synthetic studies" of
@@ -84,7 +86,7 @@ def evaluate(study: Path) -> dict[str, Any]:
     for tj in sorted((study / "ground_truth").glob("*/truth.json")):
         t = json.loads(tj.read_text())
         gt = tj.parent
-        for v in t["visits"][1:]:
+        for vi, v in enumerate(t["visits"][1:], start=1):
             vn, ids = v["name"], list(v["new_abnormality_ids"])
             kinds = {i: t["abnormalities"][i - 1]["kind"] for i in ids}
             lab = _load(gt / vn / "labels_baseline.nii.gz")
@@ -116,8 +118,16 @@ def evaluate(study: Path) -> dict[str, Any]:
                             hit.update(touched)
                         fp[key] += not touched
                     for i in ids:
-                        if kinds[i] in shows:
-                            found[f"{key}: {kinds[i]}"].append(i in hit)
+                        if kinds[i] not in shows:
+                            continue
+                        # an infarct is acute (restricted diffusion) only at the visit it
+                        # appears; at later visits it is chronic (raised ADC, docs/synth.md)
+                        # and a restricted-diffusion flag on it would be wrong
+                        chronic = (kinds[i] == "infarct"
+                                   and t["abnormalities"][i - 1]["appears"] < vi)
+                        label = "chronic infarct, flagged as restricted (expect 0)" \
+                            if chronic else kinds[i]
+                        found[f"{key}: {label}"].append(i in hit)
             # volume change on the T1w pair (registered as in the pipeline)
             b1, f1 = vol_of("baseline", "T1w"), vol_of(vn, "T1w")
             rp = register_pair(b1, f1, threads=p.registration_threads, seed=p.seed)
