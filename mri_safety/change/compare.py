@@ -67,6 +67,7 @@ from mri_safety.change.spine import (
     fit_regions,
     spine_regions,
 )
+from mri_safety.change.t1bright import vessel_like, white_matter_level
 from mri_safety.change.volume_finding import (
     CSF_GAIN_SIGN,
     MARGIN_FRACTION,
@@ -519,6 +520,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     aff = sitk_affine_ras(base)
     allowed_pos = zp.brain.copy()
     allowed_neg = zp.brain.copy()
+    # where increases may be dipole partners (below), when that differs from allowed_pos
+    partner_pos: NDArray[np.bool_] | None = None
     if c in LESION_LIKE:
         # lesion-like: brighter than the surrounding normal tissue by hyper_ratio
         # after smoothing, or at the follow-up's own resolution, where a small focus keeps
@@ -547,9 +550,18 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         allowed_pos &= normal
         allowed_neg &= normal
         if c == "t1w":
-            # without contrast agent, a small new T1-bright focus is almost always inflow in
-            # a vessel (haemorrhage is judged on T2*/SWI); post-contrast (t1ce) keeps them
-            allowed_pos &= ~zp.followup_bright
+            # without contrast agent a small new T1-bright structure is inflow in a vessel,
+            # unless it is part of a hyperintense region too thick for a vessel (a
+            # haematoma or fat focus); post-contrast (t1ce) keeps them all
+            # (mri_safety.change.t1bright)
+            level_t1 = white_matter_level(zp.base, zp.tissue, p.hyper_ratio)
+            hyper = (zp.fu >= level_t1) | (zp.fu_native >= level_t1)
+            allowed_pos &= ~vessel_like(zp.followup_bright, zp.fu_native >= level_t1, sp)
+            partner_pos = allowed_pos.copy()
+            # and a T1-bright finding is brighter than white matter by hyper_ratio: an
+            # increase within normal tissue intensity (grey matter turning white-matter-
+            # like) is thick-slice partial volume shifting with the slice positions
+            allowed_pos &= hyper
     # a candidate must span at least min_resels resolution elements of the matched
     # acquisitions (effective voxel after profile matching, at least the smoothing FWHM)
     eff = [max(float(v), 2.3548 * p.smooth_mm)
@@ -614,10 +626,15 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     flat_edge = zp.edge_frac.ravel()
     # dipoles: an increase next to a decrease of the other sign is the signature of
     # local misregistration / tissue shift (e.g. brain sag with patient position)
+    # (T1w: increases within normal tissue intensity are not reported but still pair
+    # with a decrease beside them, since together they are the misregistration pattern)
+    partners = comps if partner_pos is None else extract(
+        z_used, aff, p.z_low, p.z_seed, min_vol, allowed_pos=partner_pos,
+        allowed_neg=allowed_neg)
     near: dict[int, NDArray[np.bool_]] = {}
     for sgn in (1, -1):
         m = np.zeros(zp.z.size, bool)
-        for comp in comps:
+        for comp in partners:
             if comp.sign == sgn:
                 m[comp.voxels] = True
         m3 = m.reshape(zp.z.shape)
