@@ -555,13 +555,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             # haematoma or fat focus); post-contrast (t1ce) keeps them all
             # (mri_safety.change.t1bright)
             level_t1 = white_matter_level(zp.base, zp.tissue, p.hyper_ratio)
-            hyper = (zp.fu >= level_t1) | (zp.fu_native >= level_t1)
-            allowed_pos &= ~vessel_like(zp.followup_bright, zp.fu_native >= level_t1, sp)
+            native_hyper = zp.fu_native >= level_t1
+            allowed_pos &= ~vessel_like(zp.followup_bright, native_hyper, sp)
             partner_pos = allowed_pos.copy()
             # and a T1-bright finding is brighter than white matter by hyper_ratio: an
             # increase within normal tissue intensity (grey matter turning white-matter-
             # like) is thick-slice partial volume shifting with the slice positions
-            allowed_pos &= hyper
+            allowed_pos &= (zp.fu >= level_t1) | native_hyper
     # a candidate must span at least min_resels resolution elements of the matched
     # acquisitions (effective voxel after profile matching, at least the smoothing FWHM)
     eff = [max(float(v), 2.3548 * p.smooth_mm)
