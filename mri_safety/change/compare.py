@@ -86,6 +86,7 @@ from mri_safety.change.zmap import (
     remove_low_frequency,
     review_threshold,
 )
+from mri_safety.distance import distance_to_mm
 from mri_safety.preprocess.bias import n4_correct
 from mri_safety.preprocess.spine import spine_masks
 from mri_safety.register.rigid import RigidParams, register
@@ -333,6 +334,54 @@ def _register_spine_pair(base: sitk.Image, fu: sitk.Image, base_n4: sitk.Image,
                       "seconds": round(time.perf_counter() - t0, 2)})
 
 
+def _profile_matched(base_n4: sitk.Image, fu_n4: sitk.Image, base: sitk.Image,
+                     tx: sitk.Transform) -> tuple[NDArray[np.float32], NDArray[np.float32],
+                                                  dict[str, Any]]:
+    """Both bias-corrected visits at the coarser slice profile
+    (:func:`~mri_safety.change.resolution.match_profiles`), the follow-up
+    resampled onto the baseline grid: numpy ``[i, j, k]`` and the resolution info."""
+    b_deg, f_deg, res_info = match_profiles(base_n4, fu_n4, tx)
+    f_res = sitk.Resample(f_deg, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return arr(b_deg), arr(f_res), res_info
+
+
+def _covered(fu: sitk.Image, base: sitk.Image, tx: sitk.Transform) -> NDArray[np.bool_]:
+    """Baseline voxels inside the follow-up's field of view and the baseline's own
+    (minus its outer voxel: 2D slab edges), eroded by 5 mm (interpolation and
+    slab-edge fall-off)."""
+    cover = arr(sitk.Resample(sitk.Cast(fu * 0 + 1, sitk.sitkFloat32), base, tx,
+                              sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    frame = np.zeros(cover.shape, bool)
+    frame[1:-1, 1:-1, 1:-1] = True
+    return erode_mm((cover > 0.999) & frame, 5.0, tuple(float(s) for s in base.GetSpacing()))
+
+
+#: white top-hat size (mm) of the small-bright-structure tests of :func:`z_registered`
+_TOPHAT_MM = 6.0
+
+
+def _tophat_size(sp: tuple[float, ...]) -> list[int]:
+    return [max(1, int(round(_TOPHAT_MM / s))) | 1 for s in sp]
+
+
+def _baseline_bright(b_sharp: NDArray[np.float32], norm: NDArray[np.bool_],
+                     tissue: NDArray[np.bool_], sp: tuple[float, ...]) -> NDArray[np.bool_]:
+    """Structures bright at baseline (vessels with inflow enhancement, fat), grown by
+    2 mm: above 1.1 x the 99.5th percentile of tissue, or small and bright (white
+    top-hat over ~6 mm above 15 % of the ``norm`` median). ``b_sharp``: the
+    baseline before smoothing."""
+    bs = b_sharp / float(np.median(b_sharp[norm]))
+    tophat = bs - ndi.grey_opening(bs, size=_tophat_size(sp))
+    return dilate_mm((bs > np.percentile(bs[tissue], 99.5) * 1.1) | (tophat > 0.15), 2.0, sp)
+
+
+def _followup_bright(f_sharp: NDArray[np.float32], norm: NDArray[np.bool_],
+                     sp: tuple[float, ...]) -> NDArray[np.bool_]:
+    """Small bright structures of the follow-up (on the baseline grid), grown by 2 mm."""
+    fs = f_sharp / max(float(np.median(f_sharp[norm])), 1e-6)
+    return dilate_mm(fs - ndi.grey_opening(fs, size=_tophat_size(sp)) > 0.15, 2.0, sp)
+
+
 def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None = None
                  ) -> ZPair:
     """Steps 3-5 of the module docstring on a :class:`RegisteredPair`; with ``spine``
@@ -343,17 +392,8 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     brain, icv, mask_method = rp.brain, rp.icv, rp.mask_method
     sp = tuple(float(s) for s in base.GetSpacing())
     tx = rp.transform
-    b_deg, f_deg, res_info = match_profiles(base_n4, fu_n4, tx)
-    f_res = sitk.Resample(f_deg, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    cover = sitk.Resample(sitk.Cast(fu * 0 + 1, sitk.sitkFloat32), base, tx, sitk.sitkLinear,
-                          0.0, sitk.sitkFloat32)
-    b = arr(b_deg)
-    f = arr(f_res)
-    b_sharp = arr(base_n4)
-    # follow-up field of view, minus 5 mm (interpolation and 2D slab-edge fall-off)
-    frame = np.zeros(arr(cover).shape, bool)
-    frame[1:-1, 1:-1, 1:-1] = True  # baseline's own field-of-view edge (2D slab edges)
-    covered = erode_mm((arr(cover) > 0.999) & frame, 5.0, sp)
+    b, f, res_info = _profile_matched(base_n4, fu_n4, base, tx)
+    covered = _covered(fu, base, tx)
     if p.smooth_mm > 0:
         sig = [p.smooth_mm / s for s in sp]
         b = ndi.gaussian_filter(b, sig, mode="nearest")
@@ -380,17 +420,14 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     # structures bright at baseline (vessels with inflow enhancement, fat),
     # grown by 2 mm: their change between visits is flow / partial volume, not new tissue
     # small bright structures: white top-hat over ~6 mm above 15 % of the tissue median
-    bs = b_sharp / float(np.median(b_sharp[norm]))
-    size = [max(1, int(round(6.0 / s))) | 1 for s in sp]
-    tophat = bs - ndi.grey_opening(bs, size=size)
-    bright = dilate_mm((bs > np.percentile(bs[tissue], 99.5) * 1.1) | (tophat > 0.15), 2.0, sp)
+    bright = _baseline_bright(arr(base_n4), norm, tissue, sp)
     f_sharp = arr(sitk.Resample(fu_n4, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    fs = f_sharp / max(float(np.median(f_sharp[norm])), 1e-6)
-    fu_bright = dilate_mm(fs - ndi.grey_opening(fs, size=size) > 0.15, 2.0, sp)
+    fu_bright = _followup_bright(f_sharp, norm, sp)
     f = (f / scale).astype(np.float32)
     # what the follow-up itself shows, for lesion-likeness: the smoothing and the profile
     # matching serve the difference's noise and would dilute a small focus below the level
     f_native = ((slope * f_sharp + icpt) / scale).astype(np.float32)
+    del f_sharp  # (a 0.7 mm 3D head holds ~160 MB per float32 array: free them early)
     d = f - b
     g_b = gradient_magnitude(b, sp)
     g = np.maximum(g_b, gradient_magnitude(f, sp))
@@ -399,6 +436,7 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     # total noise SD: the edge model, or the local robust SD of the change where the
     # real scan-rescan differences are larger than the model says (never smaller)
     sd = np.maximum(model.sd(g), local_robust_sd(d, search, 20.0, sp))
+    del g
     z = np.where(search, d / sd, 0.0).astype(np.float32)
     # share of the noise variance due to BASELINE edges (a new lesion makes follow-up
     # edges, so only the baseline's count as pre-existing interfaces)
@@ -616,7 +654,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     comps = extract(z_used, aff, p.z_low, p.z_seed, min_vol,
                     allowed_pos=allowed_pos, allowed_neg=allowed_neg)
     z_review = review_threshold(int(zp.brain.sum()), sp, p.smooth_mm, p.review_fwe_alpha)
-    depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
+    depth = distance_to_mm(~zp.parenchyma, sp)  # mm into the parenchyma, 0 outside
     # the side of a finding is the side of the mid-sagittal plane (mri_safety.change.midline)
     midline = (find_midline(rp.baseline_n4, zp.parenchyma, p.seed, p.registration_threads)
                if sctx is None and zp.parenchyma.any() else centroid_midline(zp.brain, base))

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from mri_safety.distance import within_mm
 from mri_safety.preprocess.bias import head_mask
 from mri_safety.register.transforms import subject_to_mni_ras
 
@@ -41,14 +42,15 @@ def erode_mm(m: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]) -> N
     """Erosion by a ball of radius ``r_mm`` (world mm, anisotropic voxels respected)."""
     if r_mm <= 0:
         return m.copy()
-    return np.asarray(ndi.distance_transform_edt(m, sampling=spacing) > r_mm)
+    m = np.asarray(m, bool)
+    return m & ~within_mm(~m, r_mm, spacing)
 
 
 def dilate_mm(m: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]) -> NDArray[np.bool_]:
     """Dilation by a ball of radius ``r_mm`` (world mm)."""
     if r_mm <= 0:
         return m.copy()
-    return np.asarray(ndi.distance_transform_edt(~m, sampling=spacing) <= r_mm)
+    return within_mm(m, r_mm, spacing)
 
 
 def _largest(m: NDArray[np.bool_], keep_frac: float = 0.02) -> NDArray[np.bool_]:
@@ -132,8 +134,8 @@ def _under_the_skull(brain: NDArray[np.bool_], head_img: sitk.Image) -> bool:
     n = max(int(brain.sum()), 1)
     if float((brain & head).sum()) / n < 0.9:
         return False
-    depth = ndi.distance_transform_edt(head, sampling=sp)
-    return float((depth[brain] < 4.0).sum()) / n <= 0.2
+    near_surface = within_mm(~head, 4.0, sp, inclusive=False)  # depth in the head < 4 mm
+    return float((near_surface & brain).sum()) / n <= 0.2
 
 
 def brain_mask(image: sitk.Image) -> MaskSet:

@@ -52,6 +52,7 @@ from mri_safety.change.zmap import (
     noise_model,
     remove_low_frequency,
 )
+from mri_safety.distance import distance_to_mm
 from mri_safety.register.transforms import sitk_affine_ras
 
 if TYPE_CHECKING:
@@ -467,7 +468,7 @@ def new_enhancement(res: ChangeResult, rp: RegisteredPair, zp: ZPair, p: DetectP
     min_vol = float(res.parameters["min_volume_used_mm3"])
     comps = new_enhancement_components(e_fu, e_base, res.z, zp.brain, aff, p.z_low, p.z_seed,
                                        min_vol, mp)
-    depth = np.asarray(ndi.distance_transform_edt(zp.parenchyma, sampling=sp), np.float32)
+    depth = distance_to_mm(~zp.parenchyma, sp)  # mm into the parenchyma, 0 outside
     midline = res.midline if res.midline is not None else centroid_midline(zp.brain, base)
     region = res.parameters.get("region", "brain")
     atlas = AtlasMap.of(rp.subject_to_mni, aff) if region == "brain" else None

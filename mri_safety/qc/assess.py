@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.cluster.vq import kmeans2
 
+from mri_safety.distance import within_mm
 from mri_safety.qc import metrics as m
 from mri_safety.qc.config import MetricParams
 
@@ -117,10 +118,10 @@ def air_mask(image: NDArray[np.floating], head: NDArray[np.bool_],
     (rule in the module docstring; margins in world mm via ``zooms``)."""
     p = params or MetricParams()
     img = np.asarray(image)
-    air = ndi.distance_transform_edt(~head, sampling=zooms) > p.air_margin_mm
+    air = ~within_mm(np.asarray(head, bool), p.air_margin_mm, zooms)
     zf = zero_fill_mask(img)
     if zf.any():
-        air &= ndi.distance_transform_edt(~zf, sampling=zooms) > p.zero_fill_margin_mm
+        air &= ~within_mm(zf, p.zero_fill_margin_mm, zooms)
     if face_mask is not None:
         air &= ~np.asarray(face_mask, dtype=bool)
     n = int(air.sum())
@@ -175,7 +176,8 @@ def _erode(mask: NDArray[np.bool_], mm: float,
            zooms: tuple[float, float, float]) -> NDArray[np.bool_]:
     if mm <= 0:
         return mask
-    er = ndi.distance_transform_edt(mask, sampling=zooms) > mm
+    inside = np.asarray(mask, bool)
+    er = inside & ~within_mm(~inside, mm, zooms)
     return er if int(er.sum()) >= 10 else mask  # thin masks: keep rather than empty
 
 
