@@ -19,9 +19,10 @@ process: wall time and peak RSS from ``os.wait4``. Anchor in the same run: the
 ANTs rigid registration alone of the same pair with antspyx defaults
 (``ants.registration(type_of_transform="Rigid")``), also in a child process.
 
-Usage: ``python benchmarks/detect_3d.py [--root CHECKOUT] [--no-write]``;
-``--root`` runs the comparison with another checkout's code (before / after a
-change; no write). Writes the "Detection on a 0.7 mm 3D T1 pair" section of
+Usage: ``python benchmarks/detect_3d.py [--root CHECKOUT ...] [--no-write]``;
+``--root`` (repeatable) runs the comparisons with those checkouts' code, so a
+change can be measured against the code before it in the same run (rows carry
+the commit). Writes the "Detection on a 0.7 mm 3D T1 pair" section of
 ``benchmarks/results.md``.
 """
 
@@ -85,13 +86,17 @@ def make_pairs(out: Path) -> tuple[float, float, float]:
     moved, _ = known_motion(img, centre)
     sitk.WriteImage(moved, str(out / "fu_nochange.nii.gz"))
     p = focus_point(img)
-    a = sitk.GetArrayFromImage(img)
-    idx = np.indices(a.shape).reshape(3, -1).T[:, ::-1]  # (i, j, k) per voxel
-    sp, org = np.array(img.GetSpacing()), np.array(img.GetOrigin())
-    dirm = np.array(img.GetDirection()).reshape(3, 3)
-    world = (idx * sp) @ dirm.T + org
-    ball = (np.linalg.norm(world - np.array(p), axis=1) <= FOCUS_MM / 2).reshape(a.shape)
-    a = np.where(ball, 0.6 * a, a).astype(np.float32)
+    a = sitk.GetArrayFromImage(img)  # [k, j, i]
+    c = np.array(img.TransformPhysicalPointToContinuousIndex(p))  # (i, j, k)
+    sp = np.array(img.GetSpacing())
+    half = np.ceil(FOCUS_MM / 2 / sp).astype(int) + 1
+    lo = np.maximum(np.round(c).astype(int) - half, 0)
+    box = np.stack(np.meshgrid(*[np.arange(lo[d], lo[d] + 2 * half[d] + 1) for d in range(3)],
+                               indexing="ij"), axis=-1).reshape(-1, 3)  # (i, j, k)
+    for ijk in box:
+        q = img.TransformIndexToPhysicalPoint([int(v) for v in ijk])
+        if np.linalg.norm(np.array(q) - np.array(p)) <= FOCUS_MM / 2:
+            a[ijk[2], ijk[1], ijk[0]] *= 0.6
     lesioned = sitk.GetImageFromArray(a)
     lesioned.CopyInformation(img)
     moved, _ = known_motion(lesioned, centre)
@@ -118,55 +123,70 @@ ants.registration(f, m, type_of_transform="Rigid")
 """
 
 
+def code_label(root: Path) -> str:
+    """Short commit of the checkout at ``root`` (+ "dirty" with uncommitted changes)."""
+    rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                            "mri_safety"], capture_output=True, text=True).stdout.strip()
+    return rev + (" + uncommitted" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--root", type=Path, default=REPO, help="checkout whose code compares")
+    ap.add_argument("--root", type=Path, action="append", default=None,
+                    help="checkout whose code compares (repeatable; default: this one)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    root = args.root.resolve()
-    env = dict(os.environ, PYTHONPATH=str(root))
+    roots = [r.resolve() for r in (args.root or [REPO])]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         p = make_pairs(work)
         ras = (-p[0], -p[1], p[2])
         base = work / "baseline.nii.gz"
+        ants_env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2")
         wall_a, rss_a = child([sys.executable, "-c", ANTS_RIGID, str(base),
-                               str(work / "fu_nochange.nii.gz")])
-        for name in ("nochange", "focus"):
-            out = work / f"out_{name}"
-            cmd = [sys.executable, "-m", "mri_safety.cli", "compare", str(base),
-                   str(work / f"fu_{name}.nii.gz"), "--out", str(out), "--contrast", "t1w",
-                   "--threads", "2"]
-            wall, rss = child(cmd, env)
-            cands = json.loads((out / "candidates.json").read_text())["candidates"]
-            flagged = [c for c in cands if c["flagged"]]
-            dist = [sum((a - b) ** 2 for a, b in zip(c["centroid_ras_mm"], ras, strict=True))
-                    ** 0.5 for c in flagged]
-            hit = any(d <= 4.0 for d in dist)
-            fp = sum(d > 4.0 for d in dist) if name == "focus" else len(flagged)
-            rows.append((name, wall, rss, len(cands), len(flagged), fp,
-                         "-" if name == "nochange" else ("found" if hit else "MISSED")))
+                               str(work / "fu_nochange.nii.gz")], ants_env)
+        for root in roots:
+            env = dict(os.environ, PYTHONPATH=str(root))
+            for name in ("nochange", "focus"):
+                out = work / f"out_{name}"
+                cmd = [sys.executable, "-m", "mri_safety.cli", "compare", str(base),
+                       str(work / f"fu_{name}.nii.gz"), "--out", str(out), "--contrast", "t1w",
+                       "--threads", "2"]
+                wall, rss = child(cmd, env)
+                doc = json.loads((out / "candidates.json").read_text())
+                flagged = [c for c in doc["candidates"] if c["flagged"]]
+                dist = [sum((a - b) ** 2 for a, b in zip(c["centroid_ras_mm"], ras, strict=True))
+                        ** 0.5 for c in flagged]
+                hit = any(d <= 4.0 for d in dist)
+                fp = sum(d > 4.0 for d in dist) if name == "focus" else len(flagged)
+                grid = doc["parameters"].get("analysis_grid", {}).get("spacing_mm")
+                rows.append((code_label(root), "native" if grid is None else "1 mm", name, wall,
+                             rss, len(doc["candidates"]), len(flagged), fp,
+                             "-" if name == "nochange" else ("found" if hit else "MISSED")))
+                print(rows[-1], flush=True)
     lines = [
         f"Pair: the real 3D T1 of brain-t1-3d (274 x 384 x 384, 0.70 x 0.67 x 0.67 mm) "
         f"and itself moved (7/-4/3 deg, 10/-6/4 mm), bias field, 3 % Rician noise; "
-        f"`focus`: a {FOCUS_MM:g} mm sphere at 0.6 x in deep white matter at RAS "
-        f"({ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f}) mm. `mri-safety compare --contrast t1w`, "
-        f"2 ITK threads, each in its own process. Code: `{root}`.",
+        f"`focus`: the same with a {FOCUS_MM:g} mm sphere at 0.6 x in deep white matter "
+        f"at RAS ({ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f}) mm. `mri-safety compare "
+        f"--contrast t1w --threads 2`, each in its own process.",
         "",
-        "| follow-up | wall (s) | peak RSS (MiB) | candidates | flagged | flagged false "
-        "positives (bar <= 1) | focus | wall / ANTs rigid |",
-        "|---|---|---|---|---|---|---|---|",
+        "| code | analysis grid | follow-up | wall (s) | peak RSS (MiB) | candidates | flagged "
+        "| flagged false positives (bar <= 1) | focus | wall / ANTs rigid |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, wall, rss, n, nf, fp, hit in rows:
-        lines.append(f"| {name} | {wall:.0f} | {rss:.0f} | {n} | {nf} | {fp} | {hit} | "
-                     f"{wall / wall_a:.2f} |")
+    for code, grid, name, wall, rss, n, nf, fp, hit in rows:
+        lines.append(f"| {code} | {grid} | {name} | {wall:.0f} | {rss:.0f} | {n} | {nf} | {fp} "
+                     f"| {hit} | {wall / wall_a:.2f} |")
     lines += ["", f"Anchor: antspyx `ants.registration(type_of_transform=\"Rigid\")` "
-              f"(defaults) of the no-change pair alone: {wall_a:.0f} s, peak RSS "
+              f"(defaults, 2 ITK threads) of the no-change pair alone: {wall_a:.0f} s, peak RSS "
               f"{rss_a:.0f} MiB."]
     body = "\n".join(lines)
     print(body)
-    if not args.no_write and root == REPO.resolve():
+    if not args.no_write:
         write_section(TITLE, body)
 
 

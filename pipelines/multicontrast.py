@@ -42,7 +42,7 @@ B0_MAX = 100.0
 PARTNER_ROLES = ("adc_baseline", "adc_followup", "pre_baseline", "pre_followup")
 #: library code of the volume stage (part of its cache key)
 VOLUME_DEPS = ("mri_safety.change.jacobian", "mri_safety.change.volume_finding",
-               "mri_safety.morphometry", "pipelines.trial")
+               "mri_safety.morphometry", "mri_safety.preprocess.grid", "pipelines.trial")
 _SEQ_B = re.compile(r"_b(\d{1,5})(?!\d)", re.IGNORECASE)
 
 

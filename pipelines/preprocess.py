@@ -37,9 +37,9 @@ from mri_safety.threads import itk_threads as _itk
 from pipelines.cache import StageResult, StageStore
 
 #: library code of each stage (part of its cache key)
-N4_DEPS = ("mri_safety.preprocess.bias", "mri_safety.change.compare")
-MASKS_DEPS = ("mri_safety.change.masks", "mri_safety.change.region", "mri_safety.preprocess",
-              "mri_safety.register", "mri_safety.change.compare")
+N4_DEPS = ("mri_safety.preprocess.bias", "mri_safety.preprocess.grid", "mri_safety.change.compare")
+MASKS_DEPS = ("mri_safety.change.masks", "mri_safety.distance", "mri_safety.change.region",
+              "mri_safety.preprocess", "mri_safety.register", "mri_safety.change.compare")
 
 
 def _raw(path: Path) -> sitk.Image:

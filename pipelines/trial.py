@@ -77,11 +77,13 @@ RETRIES = 1
 #: detection code re-runs detect, not registration)
 CODE_DEPS: dict[str, tuple[str, ...]] = {
     "convert": ("mri_safety.dicom", "mri_safety.config", "pipelines.convert"),
-    "qc": ("mri_safety.qc",),
+    "qc": ("mri_safety.qc", "mri_safety.distance"),
     "register": ("mri_safety.change.compare", "mri_safety.change.masks",
-                 "mri_safety.change.region", "mri_safety.register", "mri_safety.preprocess"),
+                 "mri_safety.change.region", "mri_safety.register", "mri_safety.preprocess",
+                 "mri_safety.distance"),
     "detect": ("mri_safety.change", "mri_safety.preprocess.spine",  # spine: cord, levels
-               "mri_safety.register.transforms"),
+               "mri_safety.preprocess.grid", "mri_safety.register.transforms",
+               "mri_safety.distance"),
     "evidence": ("mri_safety.evidence", "mri_safety.change.candidates"),  # location words
 }
 
@@ -306,7 +308,7 @@ def detect_stage(
         doc_inputs["within_visit"] = {k: inputs[k].name for k in sorted(inputs)
                                       if k not in ("baseline", "followup")
                                       and not k.startswith("extra")}
-    doc = write_outputs(res, out, doc_inputs)
+    doc = write_outputs(res, out, doc_inputs, native=(inputs["baseline"], inputs["followup"]))
     return {
         "n_candidates": len(doc["candidates"]),
         "n_flagged": sum(1 for c in doc["candidates"] if c.get("flagged")),

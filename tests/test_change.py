@@ -757,3 +757,55 @@ def test_t1w_bright_and_dark_foci_found_on_real_no_change_pair() -> None:
     assert near(a, "t1_signal_increase"), flagged
     assert near(c, "t1_signal_decrease"), flagged
     assert len(flagged) <= 3
+
+
+def test_fine_images_are_analysed_at_1mm_and_outputs_keep_the_native_grid(tmp_path: Path
+                                                                          ) -> None:
+    """A 0.6 mm pair (0.216 mm3 voxels) is compared on the 1 mm analysis grid
+    (mri_safety.preprocess.grid); the label map, z-map and resampled follow-up are
+    written on the baseline file's own 0.6 mm grid, each flagged candidate's label lies
+    on its inserted lesion, and its baseline voxel centroid is a native voxel index."""
+    rng = np.random.default_rng(5)
+    shape = (120, 134, 106)                      # 72 x 80.4 x 63.6 mm at 0.6 mm
+    head = _synthetic_head(shape, rng)
+    fu = head.copy()
+    truth = np.zeros(shape, bool)
+    for c, rad in [((40, 50, 53), 5.0), ((77, 83, 47), 3.4)]:   # 3 mm and 2 mm radius
+        b = _ball(shape, c, rad)
+        fu[ndi.gaussian_filter(b.astype(float), 1.2) > 0.3] *= 1.8
+        truth |= b
+    aff = np.diag([-0.6, 0.6, 0.6, 1.0])
+    aff[:3, 3] = (36.0, -40.0, -30.0)
+    paths = []
+    for name, img in (("base", head), ("fu", fu)):
+        p = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image((img + rng.normal(0, 2.0, shape)).astype(np.float32), aff),
+                 str(p))
+        paths.append(p)
+    out = tmp_path / "out"
+    doc = compare_main(paths[0], paths[1], out, "brain", "flair", None)
+    assert doc["parameters"]["analysis_grid"]["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert doc["parameters"]["analysis_grid"]["native_spacing_mm"] == [0.6, 0.6, 0.6]
+    for name in ("candidates.nii.gz", "zmap.nii.gz", "followup_in_baseline.nii.gz"):
+        img: Any = nib.load(str(out / name))
+        assert img.shape == shape and np.allclose(img.affine, aff, atol=1e-4), name
+    labels = np.asarray(nib.load(str(out / "candidates.nii.gz")).dataobj)  # type: ignore[attr-defined]
+    flagged = [c for c in doc["candidates"] if c["flagged"]]
+    assert len(flagged) == 2, doc["candidates"]
+    tl, _ = ndi.label(truth)
+    hits = set()
+    for c in flagged:
+        region = labels == c["id"]
+        hit = np.unique(tl[region & truth])
+        assert len(hit) == 1 and hit[0] > 0, c
+        hits.add(int(hit[0]))
+        ijk = np.array(c["centroid_baseline_voxel"])
+        assert np.allclose(aff[:3, :3] @ ijk + aff[:3, 3], c["centroid_ras_mm"], atol=0.02)
+        centre = np.argwhere(tl == hit[0]).mean(axis=0)
+        assert np.linalg.norm((ijk - centre) * 0.6) < 1.5          # mm
+    assert hits == {1, 2}
+    # the follow-up written back on the baseline grid shows the brighter lesion there
+    f_back = np.asarray(nib.load(str(out / "followup_in_baseline.nii.gz")).dataobj)  # type: ignore[attr-defined]
+    big = tl == tl[40, 50, 53]
+    assert f_back[big].mean() > 1.5 * f_back[ndi.binary_dilation(big, iterations=6) & ~
+                                              ndi.binary_dilation(big, iterations=3)].mean()

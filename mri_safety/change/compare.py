@@ -42,7 +42,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ from mri_safety.change.zmap import (
 )
 from mri_safety.distance import distance_to_mm
 from mri_safety.preprocess.bias import n4_correct
+from mri_safety.preprocess.grid import to_analysis_grid
 from mri_safety.preprocess.spine import spine_masks
 from mri_safety.register.rigid import RigidParams, register
 from mri_safety.register.spine import register_spine
@@ -191,6 +192,8 @@ class ChangeResult:
     #: mid-sagittal plane of the baseline that ``location.side`` refers to
     #: (``parameters["midline"]`` is its rounded record)
     midline: Midline | None = None
+    #: baseline -> follow-up points (LPS mm) of the registration
+    transform: sitk.Transform | None = None
 
 
 def _ncc(a: NDArray[np.floating], b: NDArray[np.floating], m: NDArray[np.bool_]) -> float:
@@ -805,7 +808,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     res = ChangeResult(candidates=cands, labels=labels, z=z_used,
                        followup_in_baseline=zp.followup_in_baseline, baseline=base,
                        registration=registration, parameters=parameters, components=comps,
-                       midline=midline)
+                       midline=midline, transform=zp.transform)
     # dwi + ADC, t1ce + pre-contrast T1w of the same visits (mri_safety.change.multicontrast)
     return apply_within_visit(res, rp, zp, c, p, within)
 
@@ -819,6 +822,15 @@ def _nifti(a: NDArray[np.generic], like: sitk.Image) -> nib.Nifti1Image:
 
 
 def _load(path: Path) -> sitk.Image:
+    """The image at ``path`` as analysed: float32, on its analysis grid
+    (:func:`mri_safety.preprocess.grid.to_analysis_grid`: 1 mm when its voxels are
+    under 0.5 mm3, else its own grid). Every stage that analyses a series reads
+    it through here, so they share one grid."""
+    return to_analysis_grid(_load_native(path))
+
+
+def _load_native(path: Path) -> sitk.Image:
+    """The image at ``path`` on its own grid (float32); a clear error naming the file."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: file not found")
@@ -837,12 +849,73 @@ def _drop_seconds(e: dict[str, Any]) -> dict[str, Any]:
     return {**e, "registration": {k: v for k, v in e["registration"].items() if k != "seconds"}}
 
 
-def write_outputs(res: ChangeResult, out: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+def _native_reference(path: Path) -> sitk.Image:
+    """An empty image (uint8) with the geometry of the file at ``path``."""
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(path))
+    r.ReadImageInformation()
+    ref = sitk.Image(list(r.GetSize()), sitk.sitkUInt8)
+    ref.SetSpacing(r.GetSpacing())
+    ref.SetOrigin(r.GetOrigin())
+    ref.SetDirection(r.GetDirection())
+    return ref
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
+            and a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection())
+
+
+def to_native_grid(res: ChangeResult, baseline: Path, followup: Path) -> ChangeResult:
+    """``res`` with its maps on the grid of the BASELINE FILE, when the comparison ran
+    on an analysis grid (:func:`_load`); else ``res`` itself.
+
+    Labels by nearest neighbour (a candidate keeps its id), the z-map and other maps
+    linearly, ``followup_in_baseline`` from the native follow-up through the
+    registration; ``centroid_baseline_voxel`` becomes the native voxel index of
+    ``centroid_ras_mm``. Volumes, scores and world positions are those of the
+    analysis; ``parameters["analysis_grid"]`` records both grids."""
+    ref = _native_reference(baseline)
+    if _same_grid(ref, res.baseline):
+        return res
+
+    def back(a: NDArray[np.generic], interp: int, pixel: int) -> NDArray[Any]:
+        img = sitk.Resample(img_like(a, res.baseline), ref, sitk.Transform(), interp, 0.0, pixel)
+        return arr(img)
+
+    tx = res.transform if res.transform is not None else sitk.Transform()
+    fu = sitk.Resample(_load_native(followup), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ras_to_ijk = np.linalg.inv(sitk_affine_ras(ref))
+    cands = []
+    for c in res.candidates:
+        ijk = ras_to_ijk[:3, :3] @ np.asarray(c["centroid_ras_mm"], float) + ras_to_ijk[:3, 3]
+        cands.append({**c, "centroid_baseline_voxel": [round(float(v), 2) for v in ijk]})
+    params = {**res.parameters, "analysis_grid": {
+        "native_spacing_mm": [round(float(v), 4) for v in ref.GetSpacing()],
+        "spacing_mm": [round(float(v), 4) for v in res.baseline.GetSpacing()],
+        "rule": "voxels under 0.5 mm3 analysed at 1 mm (mri_safety.preprocess.grid); maps "
+                "brought back to the baseline's own grid"}}
+    return replace(
+        res, candidates=cands, parameters=params,
+        labels=back(res.labels.astype(np.int32), sitk.sitkNearestNeighbor, sitk.sitkInt32),
+        z=back(res.z.astype(np.float32), sitk.sitkLinear, sitk.sitkFloat32),
+        maps={k: back(m.astype(np.float32), sitk.sitkLinear, sitk.sitkFloat32)
+              for k, m in res.maps.items()},
+        followup_in_baseline=fu, baseline=_load_native(baseline))
+
+
+def write_outputs(res: ChangeResult, out: Path, inputs: dict[str, Any],
+                  native: tuple[Path, Path] | None = None) -> dict[str, Any]:
     """Write the documented outputs of ``mri-safety compare`` into ``out``; return the JSON dict.
 
-    Times are left out of ``candidates.json`` so two runs give identical files.
+    ``native``: the (baseline, follow-up) files; when the comparison ran on an
+    analysis grid the maps are written on the baseline file's own grid
+    (:func:`to_native_grid`). Times are left out of ``candidates.json`` so two
+    runs give identical files.
     """
     out.mkdir(parents=True, exist_ok=True)
+    if native is not None:
+        res = to_native_grid(res, *native)
     params = {k: v for k, v in res.parameters.items() if k != "seconds"}
     reg = {k: v for k, v in res.registration.items() if k != "seconds"}
     params["extra_contrasts"] = [_drop_seconds(e) for e in params.get("extra_contrasts", [])]
@@ -903,4 +976,4 @@ def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain
     inputs = {"baseline": Path(baseline).name, "baseline_sha256": _digest(Path(baseline)),
               "followup": Path(followup).name, "followup_sha256": _digest(Path(followup)),
               "extra": ex_inputs}
-    return write_outputs(res, Path(out), inputs)
+    return write_outputs(res, Path(out), inputs, native=(Path(baseline), Path(followup)))
