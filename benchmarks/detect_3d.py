@@ -1,9 +1,9 @@
 """Benchmark: `mri-safety compare` on a high-resolution 3D T1 pair (0.7 mm, 40 M voxels).
 
 Trials scan 3D T1 (MPRAGE-like) at 0.7-1 mm; this is the largest input a
-comparison gets. The pair is built from the real 3D T1 of
-../shared/data/dicom/brain-t1-3d (its dcm2niix reference NIfTI, 274 x 384 x 384
-at 0.70 x 0.67 x 0.67 mm):
+comparison gets. The pairs (``mri_safety.evaluation.pairs.load_highres_t1_pair``)
+are built from the real 3D T1 of ../shared/data/dicom/brain-t1-3d (its dcm2niix
+reference NIfTI, 274 x 384 x 384 at 0.70 x 0.67 x 0.67 mm):
 
 * ``no change``: baseline = the scan; follow-up = the same head moved by a known
   rigid transform (7/-4/3 deg, 10/-6/4 mm, B-spline), times a smooth bias field,
@@ -42,72 +42,36 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from _results import write_section  # noqa: E402
 
-DATA = Path(os.environ.get("MRI_SAFETY_DATA", REPO.parent / "shared" / "data")).resolve()
-T1 = DATA / "dicom" / "brain-t1-3d" / "ref" / "anat-T1w.nii.gz"
 TITLE = "Detection on a 0.7 mm 3D T1 pair"
 FOCUS_MM = 6.0
 
 
-def focus_point(img) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
-    """A deep white-matter point (LPS mm): among voxels of the brightest 15 % of the
-    head whose 5 mm neighbourhood is as uniform (low SD), the one nearest to the head
-    centroid moved 25 mm along the first axis and 10 mm along the third."""
-    import numpy as np
-    import SimpleITK as sitk
-    from scipy import ndimage as ndi
-
-    a = sitk.GetArrayFromImage(img).astype(np.float32)  # [k, j, i]
-    sp = img.GetSpacing()[::-1]
-    size = [int(round(5.0 / s)) | 1 for s in sp]
-    mean = ndi.uniform_filter(a, size)
-    sd = np.sqrt(np.maximum(ndi.uniform_filter(a * a, size) - mean * mean, 0))
-    head = a > np.percentile(a, 60)
-    wm = head & (mean > np.percentile(a[head], 85)) & (sd < 0.05 * np.percentile(a[head], 85))
-    kji = np.argwhere(wm)
-    c = np.array(ndi.center_of_mass(head))
-    target = c + np.array([10.0, 0.0, 25.0]) / np.array(sp)  # [k, j, i]
-    best = kji[np.argmin(((kji - target) * sp) ** 2 @ np.ones(3))]
-    return img.TransformIndexToPhysicalPoint([int(v) for v in best[::-1]])
-
-
 def make_pairs(out: Path) -> tuple[float, float, float]:
-    """Write baseline.nii.gz, fu_nochange.nii.gz, fu_focus.nii.gz; return the focus (LPS mm)."""
+    """Write baseline.nii.gz, fu_nochange.nii.gz, fu_focus.nii.gz
+    (:func:`mri_safety.evaluation.pairs.load_highres_t1_pair`); return the focus
+    centre (world RAS mm)."""
     import numpy as np
     import SimpleITK as sitk
 
-    from mri_safety.register.simulate import known_motion
+    from mri_safety.evaluation.pairs import load_highres_t1_pair
 
-    img = sitk.ReadImage(str(T1), sitk.sitkFloat32)
-    head = sitk.OtsuThreshold(img, 0, 1)
-    lab = sitk.LabelShapeStatisticsImageFilter()
-    lab.Execute(head)
-    centre = lab.GetCentroid(1)
-    sitk.WriteImage(img, str(out / "baseline.nii.gz"))
-    moved, _ = known_motion(img, centre)
-    sitk.WriteImage(moved, str(out / "fu_nochange.nii.gz"))
-    p = focus_point(img)
-    a = sitk.GetArrayFromImage(img)  # [k, j, i]
-    c = np.array(img.TransformPhysicalPointToContinuousIndex(p))  # (i, j, k)
-    sp = np.array(img.GetSpacing())
-    half = np.ceil(FOCUS_MM / 2 / sp).astype(int) + 1
-    lo = np.maximum(np.round(c).astype(int) - half, 0)
-    box = np.stack(np.meshgrid(*[np.arange(lo[d], lo[d] + 2 * half[d] + 1) for d in range(3)],
-                               indexing="ij"), axis=-1).reshape(-1, 3)  # (i, j, k)
-    for ijk in box:
-        q = img.TransformIndexToPhysicalPoint([int(v) for v in ijk])
-        if np.linalg.norm(np.array(q) - np.array(p)) <= FOCUS_MM / 2:
-            a[ijk[2], ijk[1], ijk[0]] *= 0.6
-    lesioned = sitk.GetImageFromArray(a)
-    lesioned.CopyInformation(img)
-    moved, _ = known_motion(lesioned, centre)
-    sitk.WriteImage(moved, str(out / "fu_focus.nii.gz"))
-    return p
+    plain = load_highres_t1_pair()
+    sitk.WriteImage(plain.fixed, str(out / "baseline.nii.gz"))
+    sitk.WriteImage(plain.moving, str(out / "fu_nochange.nii.gz"))
+    focus = load_highres_t1_pair(focus_mm=FOCUS_MM)
+    sitk.WriteImage(focus.moving, str(out / "fu_focus.nii.gz"))
+    assert focus.truth is not None
+    ijk = np.argwhere(focus.truth > 0).mean(axis=0)
+    lps = focus.fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
+    return (-lps[0], -lps[1], lps[2])
 
 
-def child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+def child(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+          ) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one child process; raises on failure."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -137,13 +101,21 @@ def main() -> None:
     ap.add_argument("--root", type=Path, action="append", default=None,
                     help="checkout whose code compares (repeatable; default: this one)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--make-pairs", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_pairs is not None:
+        print(json.dumps(list(make_pairs(args.make_pairs))))
+        return
     roots = [r.resolve() for r in (args.root or [REPO])]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        p = make_pairs(work)
-        ras = (-p[0], -p[1], p[2])
+        # the pairs are built in a child process: Linux carries a process's RSS
+        # high-water mark over fork, so a parent holding the 40 M-voxel images would
+        # set the floor of every child's measured peak
+        out = subprocess.run([sys.executable, __file__, "--make-pairs", str(work)], check=True,
+                             capture_output=True, text=True).stdout
+        ras = tuple(json.loads(out.strip().splitlines()[-1]))
         base = work / "baseline.nii.gz"
         ants_env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2")
         wall_a, rss_a = child([sys.executable, "-c", ANTS_RIGID, str(base),
@@ -155,7 +127,7 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "mri_safety.cli", "compare", str(base),
                        str(work / f"fu_{name}.nii.gz"), "--out", str(out), "--contrast", "t1w",
                        "--threads", "2"]
-                wall, rss = child(cmd, env)
+                wall, rss = child(cmd, env, cwd=root)  # -m puts the cwd first on sys.path
                 doc = json.loads((out / "candidates.json").read_text())
                 flagged = [c for c in doc["candidates"] if c["flagged"]]
                 dist = [sum((a - b) ** 2 for a, b in zip(c["centroid_ras_mm"], ras, strict=True))

@@ -86,6 +86,64 @@ def load_positions_pair(a: str = "HFS", b: str = "HFP", root: Path | None = None
     return Pair(f"positions-{a}-{b}", _convert_dir(d / a), _convert_dir(d / b), None)
 
 
+def _deep_white_matter_point(img: sitk.Image) -> tuple[float, float, float]:
+    """A deep white-matter point (LPS mm) of a T1 head: among voxels of the brightest
+    15 % of the head whose 5 mm neighbourhood is uniform, the one nearest to the
+    head centroid moved 25 mm along the first voxel axis and 10 mm along the third."""
+    from scipy import ndimage as ndi
+
+    a = sitk.GetArrayFromImage(img).astype(np.float32)  # [k, j, i]
+    sp = np.array(img.GetSpacing()[::-1])
+    size = [int(round(5.0 / s)) | 1 for s in sp]
+    mean = ndi.uniform_filter(a, size)
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(a * a, size) - mean * mean, 0))
+    head = a > np.percentile(a, 60)
+    level = float(np.percentile(a[head], 85))
+    kji = np.argwhere(head & (mean > level) & (sd < 0.05 * level))
+    target = np.array(ndi.center_of_mass(head)) + np.array([10.0, 0.0, 25.0]) / sp
+    best = kji[np.argmin((((kji - target) * sp) ** 2).sum(axis=1))]
+    pt = img.TransformIndexToPhysicalPoint([int(v) for v in best[::-1]])
+    return (float(pt[0]), float(pt[1]), float(pt[2]))
+
+
+def load_highres_t1_pair(focus_mm: float = 0.0, gain: float = 0.6,
+                         root: Path | None = None) -> Pair:
+    """The real 3D T1 of brain-t1-3d (0.7 mm, its dcm2niix reference NIfTI) and
+    itself moved by :func:`mri_safety.register.simulate.known_motion` (7/-4/3 deg,
+    10/-6/4 mm, bias field, 3 % Rician noise, seed 1234): a no-change pair with a
+    known transform. With ``focus_mm`` > 0 a sphere of that diameter at ``gain``
+    x the tissue around it is put in deep white matter before the motion
+    (``truth``: the sphere on the baseline grid, ``(i, j, k)``)."""
+    from mri_safety.register.simulate import known_motion
+
+    p = (root or DATA / "dicom" / "brain-t1-3d") / "ref" / "anat-T1w.nii.gz"
+    img = _read(p)
+    head = sitk.OtsuThreshold(img, 0, 1)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(head)
+    src, truth = img, None
+    if focus_mm > 0:
+        pt = np.array(_deep_white_matter_point(img))
+        c = np.array(img.TransformPhysicalPointToContinuousIndex(pt.tolist()))  # (i, j, k)
+        sp = np.array(img.GetSpacing())
+        half = np.ceil(focus_mm / 2 / sp).astype(int) + 1
+        lo = np.maximum(np.round(c).astype(int) - half, 0)
+        hi = np.minimum(np.round(c).astype(int) + half + 1, np.array(img.GetSize()))
+        box = np.indices(hi - lo).reshape(3, -1).T + lo  # (i, j, k)
+        d = np.array(img.GetDirection()).reshape(3, 3) * sp
+        world = np.array(img.GetOrigin()) + box @ d.T
+        inside = box[np.linalg.norm(world - pt, axis=1) <= focus_mm / 2]
+        a = sitk.GetArrayFromImage(img)  # [k, j, i]
+        a[inside[:, 2], inside[:, 1], inside[:, 0]] *= gain
+        src = sitk.GetImageFromArray(a)
+        src.CopyInformation(img)
+        truth = np.zeros(img.GetSize(), np.uint8)
+        truth[inside[:, 0], inside[:, 1], inside[:, 2]] = 1
+    moved, true = known_motion(src, stats.GetCentroid(1))
+    name = "highres-t1" + (f"-focus{focus_mm:g}mm" if focus_mm > 0 else "")
+    return Pair(name, img, moved, truth, true_transform=true)
+
+
 def load_synth_pair(study: Path, patient: str, visit: str, contrast: str = "FLAIR") -> Pair:
     """Synthetic pair: baseline vs ``visit`` of ``contrast`` from a generated study.
 
