@@ -104,3 +104,17 @@ def within_mm(target: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]
     if not t.any():
         return np.zeros(t.shape, bool)
     return _compare(distance_to_mm(t, spacing), t, r_mm, spacing, inclusive)
+
+
+def eroded_mm(mask: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]
+              ) -> NDArray[np.bool_]:
+    """Voxels of ``mask`` farther than ``r_mm`` (world mm) from every voxel outside
+    it: an erosion by a ball of radius ``r_mm``. The image border is not background,
+    so a full mask stays full.
+
+    >>> m = np.zeros((9, 1, 1), bool); m[1:8] = True
+    >>> eroded_mm(m, 2.0, (1.0, 1.0, 1.0)).ravel().astype(int).tolist()
+    [0, 0, 0, 1, 1, 1, 0, 0, 0]
+    """
+    m = np.asarray(mask, bool)
+    return m & ~within_mm(~m, r_mm, spacing)

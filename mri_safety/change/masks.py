@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from mri_safety.distance import within_mm
+from mri_safety.distance import eroded_mm, within_mm
 from mri_safety.preprocess.bias import head_mask
 from mri_safety.register.transforms import subject_to_mni_ras
 
@@ -42,8 +42,7 @@ def erode_mm(m: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]) -> N
     """Erosion by a ball of radius ``r_mm`` (world mm, anisotropic voxels respected)."""
     if r_mm <= 0:
         return m.copy()
-    m = np.asarray(m, bool)
-    return m & ~within_mm(~m, r_mm, spacing)
+    return eroded_mm(m, r_mm, spacing)
 
 
 def dilate_mm(m: NDArray[np.bool_], r_mm: float, spacing: tuple[float, ...]) -> NDArray[np.bool_]:

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 from scipy.cluster.vq import kmeans2
 
-from mri_safety.distance import within_mm
+from mri_safety.distance import eroded_mm, within_mm
 from mri_safety.qc import metrics as m
 from mri_safety.qc.config import MetricParams
 
@@ -176,8 +176,7 @@ def _erode(mask: NDArray[np.bool_], mm: float,
            zooms: tuple[float, float, float]) -> NDArray[np.bool_]:
     if mm <= 0:
         return mask
-    inside = np.asarray(mask, bool)
-    er = inside & ~within_mm(~inside, mm, zooms)
+    er = eroded_mm(mask, mm, zooms)
     return er if int(er.sum()) >= 10 else mask  # thin masks: keep rather than empty
 
 
