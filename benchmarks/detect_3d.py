@@ -13,6 +13,9 @@ reference NIfTI, 274 x 384 x 384 at 0.70 x 0.67 x 0.67 mm):
 * ``6 mm focus``: the same, with a 6 mm sphere at 0.6 x its surroundings put in
   deep white matter before the motion (a T1-dark focus: new lesion or infarct);
   found when a flagged candidate's centroid lies within 4 mm of it.
+* ``8 foci``: the same with eight 5 mm spheres at 0.7 x in white matter (seeded
+  positions >= 25 mm apart), the T1-dark lesions that the T1w rule must see
+  where white matter is (method step 6, docs/detection.md).
 
 Each comparison runs ``mri-safety compare ... --contrast t1w`` in its own child
 process: wall time and peak RSS from ``os.wait4``. Anchor in the same run: the
@@ -44,12 +47,14 @@ from _results import write_section  # noqa: E402
 
 TITLE = "Detection on a 0.7 mm 3D T1 pair"
 FOCUS_MM = 6.0
+#: several smaller T1-dark foci in white matter (seeded positions >= 25 mm apart)
+N_FOCI, FOCI_MM, FOCI_GAIN = 8, 5.0, 0.7
 
 
-def make_pairs(out: Path) -> tuple[float, float, float]:
-    """Write baseline.nii.gz, fu_nochange.nii.gz, fu_focus.nii.gz
-    (:func:`mri_safety.evaluation.pairs.load_highres_t1_pair`); return the focus
-    centre (world RAS mm)."""
+def make_pairs(out: Path) -> list[list[float]]:
+    """Write baseline.nii.gz, fu_nochange.nii.gz, fu_focus.nii.gz and fu_foci.nii.gz
+    (:func:`mri_safety.evaluation.pairs.load_highres_t1_pair`); return the centres
+    (world RAS mm) of the focus, then of the foci."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -58,12 +63,17 @@ def make_pairs(out: Path) -> tuple[float, float, float]:
     plain = load_highres_t1_pair()
     sitk.WriteImage(plain.fixed, str(out / "baseline.nii.gz"))
     sitk.WriteImage(plain.moving, str(out / "fu_nochange.nii.gz"))
-    focus = load_highres_t1_pair(focus_mm=FOCUS_MM)
-    sitk.WriteImage(focus.moving, str(out / "fu_focus.nii.gz"))
-    assert focus.truth is not None
-    ijk = np.argwhere(focus.truth > 0).mean(axis=0)
-    lps = focus.fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
-    return (-lps[0], -lps[1], lps[2])
+    centres = []
+    for name, pair in (("focus", load_highres_t1_pair(focus_mm=FOCUS_MM)),
+                       ("foci", load_highres_t1_pair(focus_mm=FOCI_MM, gain=FOCI_GAIN,
+                                                     n_foci=N_FOCI))):
+        sitk.WriteImage(pair.moving, str(out / f"fu_{name}.nii.gz"))
+        assert pair.truth is not None
+        for lab in range(1, int(pair.truth.max()) + 1):
+            ijk = np.argwhere(pair.truth == lab).mean(axis=0)
+            lps = pair.fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
+            centres.append([-lps[0], -lps[1], lps[2]])
+    return centres
 
 
 def child(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
@@ -115,14 +125,15 @@ def main() -> None:
         # set the floor of every child's measured peak
         out = subprocess.run([sys.executable, __file__, "--make-pairs", str(work)], check=True,
                              capture_output=True, text=True).stdout
-        ras = tuple(json.loads(out.strip().splitlines()[-1]))
+        centres = json.loads(out.strip().splitlines()[-1])
+        truth = {"focus": centres[:1], "foci": centres[1:]}
         base = work / "baseline.nii.gz"
         ants_env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2")
         wall_a, rss_a = child([sys.executable, "-c", ANTS_RIGID, str(base),
                                str(work / "fu_nochange.nii.gz")], ants_env)
         for root in roots:
             env = dict(os.environ, PYTHONPATH=str(root))
-            for name in ("nochange", "focus"):
+            for name in ("nochange", "focus", "foci"):
                 out = work / f"out_{name}"
                 cmd = [sys.executable, "-m", "mri_safety.cli", "compare", str(base),
                        str(work / f"fu_{name}.nii.gz"), "--out", str(out), "--contrast", "t1w",
@@ -130,24 +141,30 @@ def main() -> None:
                 wall, rss = child(cmd, env, cwd=root)  # -m puts the cwd first on sys.path
                 doc = json.loads((out / "candidates.json").read_text())
                 flagged = [c for c in doc["candidates"] if c["flagged"]]
-                dist = [sum((a - b) ** 2 for a, b in zip(c["centroid_ras_mm"], ras, strict=True))
-                        ** 0.5 for c in flagged]
-                hit = any(d <= 4.0 for d in dist)
-                fp = sum(d > 4.0 for d in dist) if name == "focus" else len(flagged)
+                pts = truth.get(name, [])
+
+                def dist(c: dict, q: list[float]) -> float:
+                    return float(sum((a - b) ** 2 for a, b in
+                                     zip(c["centroid_ras_mm"], q, strict=True)) ** 0.5)
+                hits = sum(any(dist(c, q) <= 4.0 for c in flagged) for q in pts)
+                fp = sum(all(dist(c, q) > 4.0 for q in pts) for c in flagged)
                 grid = doc["parameters"].get("analysis_grid", {}).get("spacing_mm")
                 rows.append((code_label(root), "native" if grid is None else "1 mm", name, wall,
                              rss, len(doc["candidates"]), len(flagged), fp,
-                             "-" if name == "nochange" else ("found" if hit else "MISSED")))
+                             "-" if not pts else f"{hits} of {len(pts)}"))
                 print(rows[-1], flush=True)
     lines = [
         f"Pair: the real 3D T1 of brain-t1-3d (274 x 384 x 384, 0.70 x 0.67 x 0.67 mm) "
         f"and itself moved (7/-4/3 deg, 10/-6/4 mm), bias field, 3 % Rician noise; "
         f"`focus`: the same with a {FOCUS_MM:g} mm sphere at 0.6 x in deep white matter "
-        f"at RAS ({ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f}) mm. `mri-safety compare "
+        f"at RAS ({centres[0][0]:.1f}, {centres[0][1]:.1f}, {centres[0][2]:.1f}) mm; "
+        f"`foci`: {N_FOCI} spheres of {FOCI_MM:g} mm at {FOCI_GAIN:g} x in white matter "
+        f"(seeded, >= 25 mm apart). Found: a flagged candidate's centroid within 4 mm of "
+        f"a sphere's centre; false positive: one within 4 mm of none. `mri-safety compare "
         f"--contrast t1w --threads 2`, each in its own process.",
         "",
         "| code | analysis grid | follow-up | wall (s) | peak RSS (MiB) | candidates | flagged "
-        "| flagged false positives (bar <= 1) | focus | wall / ANTs rigid |",
+        "| flagged false positives (bar <= 1) | foci found | wall / ANTs rigid |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for code, grid, name, wall, rss, n, nf, fp, hit in rows:

@@ -222,12 +222,13 @@ def test_patient_positions_no_change_pairs() -> None:
     """Real no-change pairs (one head, four positions, 2D sagittal T1).
 
     Issue bar: <= 1 flagged per pair. Measured (docs/detection.md): HFS-HFP,
-    HFS-HFDL, HFS-HFDR, HFP-HFDL, HFP-HFDR, HFDL-HFDR 0, 1, 0, 0, 0, 1 flagged
-    (2026-12-05, T1-bright rule of mri_safety.change.t1bright); before it
+    HFS-HFDL, HFS-HFDR, HFP-HFDL, HFP-HFDR, HFDL-HFDR 0, 0, 0, 0, 0, 0 flagged
+    (2026-12-05, T1-dark envelope of mri_safety.change.t1dark); before it
+    0, 1, 0, 0, 0, 1 (2026-12-05, T1-bright rule of mri_safety.change.t1bright),
     0, 3, 0, 1, 1, 5 (2026-12-03), 0, 1, 0, 1, 1, 5 (2026-12-02) and 0, 1, 0,
-    1, 2, 6 on an earlier machine and package build. The two left are T1w
-    decreases at z 4.8 and 5.5 against z_review 4.7. Asserted with a margin of
-    one candidate for builds that put one more just over the threshold.
+    1, 2, 6 on an earlier machine and package build. Asserted with a margin of
+    one candidate per pair, two in all, for builds that put one more just over
+    the threshold.
     """
     from mri_safety.evaluation.pairs import load_positions_pair
 
@@ -238,8 +239,8 @@ def test_patient_positions_no_change_pairs() -> None:
         res = detect_pair(pr.fixed, pr.moving, contrast="t1w")
         counts[f"{a}-{b}"] = sum(1 for c in res.candidates if c["flagged"])
     print("flagged per no-change pair:", counts)
-    assert sum(v <= 1 for v in counts.values()) >= 5, counts
-    assert sum(counts.values()) <= 3, counts
+    assert all(v <= 1 for v in counts.values()), counts
+    assert sum(counts.values()) <= 2, counts
 
 
 @pytest.mark.slow
@@ -840,3 +841,93 @@ def test_real_07mm_3d_t1_no_change_pair_on_the_analysis_grid(tmp_path: Path) -> 
                       np.float64)
     head = base > np.percentile(base, 70)
     assert np.corrcoef(base[head], back[head])[0, 1] > 0.9
+
+
+@pytest.mark.slow
+def test_real_07mm_3d_t1_white_matter_dark_foci_are_found(tmp_path: Path) -> None:
+    """Eight 5 mm T1-dark foci (0.7 x) put into the white matter of the real 0.7 mm
+    3D T1 before the motion of the no-change pair: at least seven flagged within
+    4 mm of their centres, at most one flagged candidate elsewhere. Measured
+    2026-12-05: 8 of 8, none elsewhere (4 of 8 before the T1w rule of that day,
+    whose bright-structure mask covered 97 % of this image's tissue)."""
+    from mri_safety.evaluation.pairs import load_highres_t1_pair
+
+    need_data("dicom", "brain-t1-3d", "ref", "anat-T1w.nii.gz")
+    pair = load_highres_t1_pair(focus_mm=5.0, gain=0.7, n_foci=8)
+    assert pair.truth is not None
+    bp, fp = tmp_path / "base.nii.gz", tmp_path / "fu.nii.gz"
+    sitk.WriteImage(pair.fixed, str(bp))
+    sitk.WriteImage(pair.moving, str(fp))
+    doc = compare_main(bp, fp, tmp_path / "out", "brain", "t1w", None)
+    centres = []
+    for lab in range(1, 9):
+        ijk = np.argwhere(pair.truth == lab).mean(axis=0)
+        lps = pair.fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
+        centres.append(np.array([-lps[0], -lps[1], lps[2]]))
+    flagged = [c for c in doc["candidates"] if c["flagged"]]
+    near = [[float(np.linalg.norm(np.array(c["centroid_ras_mm"]) - q)) <= 4.0 for q in centres]
+            for c in flagged]
+    found = sum(any(row[k] for row in near) for k in range(8))
+    elsewhere = sum(not any(row) for row in near)
+    assert found >= 7, (found, flagged)
+    assert elsewhere <= 1, flagged
+    assert all(c["type"] == "t1_signal_decrease" for c, row in zip(flagged, near, strict=True)
+               if any(row))
+
+
+def _t1_head_with_strands(shape: tuple[int, int, int], rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A T1w-like head: grey matter (80) with sheets of white matter (115) 3 voxels
+    thick every 8 voxels, dark ventricles, a bright scalp; returns (image, strands)."""
+    img = _synthetic_head(shape, rng) * 0.8
+    brain = img > 50
+    strands = brain & ((np.arange(shape[0]) % 8) < 3)[:, None, None]
+    strands &= ~_centred_ellipsoid(shape, (6, 12, 7))
+    img[strands] = 115.0 + (img[strands] - 80.0)
+    return img, strands
+
+
+def test_t1w_dark_focus_in_a_thin_white_matter_strand_is_found(tmp_path: Path) -> None:
+    """On T1w, white matter is the bright tissue, and every strand of it thinner than
+    the 6 mm top-hat passes the small-bright-structure test of method step 6. Until
+    2026-12-05 that test left such strands (and 2 mm around them) out of the T1w
+    search on every image, so a T1-dark focus there was never a candidate (97 % of a
+    real 3D T1 was out). On a 1 mm image only structures brighter than white matter
+    by ``hyper_ratio`` are left out now: a 0.6 x focus inside a 3 mm strand is
+    flagged as a T1w decrease, and nothing else is flagged."""
+    rng = np.random.default_rng(21)
+    shape = (72, 80, 64)
+    t1, strands = _t1_head_with_strands(shape, rng)
+    focus = _ball(shape, (33, 20, 30), 3.0) & (t1 > 50)
+    assert strands[33, 20, 30]
+    fu = t1.copy()
+    fu[ndi.gaussian_filter(focus.astype(float), 0.7) > 0.3] *= 0.6
+    bp, fp = _save_noisy(tmp_path, [("b", t1), ("f", fu)], rng)
+    doc = compare_main(bp, fp, tmp_path / "out", "brain", "t1w", None)
+    flagged = [c for c in doc["candidates"] if c["flagged"]]
+    hit = _candidate_on(doc, tmp_path / "out", focus)
+    assert hit["flagged"] and hit["type"] == "t1_signal_decrease", doc["candidates"]
+    assert [c["id"] for c in flagged] == [hit["id"]], flagged
+
+
+def test_t1_bright_mask_keeps_vessels_and_fat_and_leaves_white_matter() -> None:
+    """The T1w mask of structures bright at baseline (``_baseline_bright``) covers a
+    vessel brighter than white matter and its 2 mm margin, not the thin strands of
+    white matter that the plain top-hat mask covers."""
+    from mri_safety.change.compare import _baseline_bright
+
+    shape = (40, 40, 40)
+    b = np.full(shape, 0.85, np.float32)                  # grey matter
+    strands = np.zeros(shape, bool)
+    strands[(np.arange(40) % 8) < 3] = True                # 3 mm white-matter sheets
+    b[strands] = 1.2
+    vessel = np.zeros(shape, bool)
+    vessel[4:36, 21:23, 21:23] = True                       # a 2 mm vessel at 1.9
+    b[vessel] = 1.9
+    tissue = np.ones(shape, bool)
+    old, t1 = _baseline_bright(b, tissue, tissue, (1.0, 1.0, 1.0), 1.2)
+    far = strands & ~ndi.binary_dilation(vessel, iterations=4)
+    assert old[far].mean() > 0.9
+    assert t1[far].mean() < 0.05
+    assert t1[vessel].all() and old[vessel].all()
+    assert t1[10, 21, 24]                                   # within 2 mm of the vessel

@@ -21,7 +21,11 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    elements) on both signs; FLAIR/T2 increases must also be lesion-like
    (follow-up above ``hyper_ratio`` x the local normal tissue, at most x the
    tissue median: :func:`~mri_safety.change.zmap.lesion_level`); for T1w/SWI/... the
-   baseline must be normal tissue (not a small bright vessel or fat);
+   baseline must be normal tissue (not a small bright vessel or fat; on
+   near-isotropic T1w only structures brighter than white matter count as such,
+   :func:`_baseline_bright`); T1w increases must be T1-bright
+   (:mod:`~mri_safety.change.t1bright`) and T1w decreases darker than every
+   baseline voxel around them (:mod:`~mri_safety.change.t1dark`);
    candidates mostly outside the parenchyma count from a collection-size volume;
 7. evidence = |peak z| (+ bonus per agreeing extra contrast, - penalties for an
    adjacent opposite-sign candidate and for baseline-edge-dominated noise); score =
@@ -68,6 +72,7 @@ from mri_safety.change.spine import (
     spine_regions,
 )
 from mri_safety.change.t1bright import vessel_like, white_matter_level
+from mri_safety.change.t1dark import below_envelope
 from mri_safety.change.volume_finding import (
     CSF_GAIN_SIGN,
     MARGIN_FRACTION,
@@ -168,6 +173,8 @@ class ZPair:
     parenchyma: NDArray[np.bool_]      # brain mask (parenchyma + ventricles), covered
     tissue: NDArray[np.bool_]
     baseline_bright: NDArray[np.bool_]  # vessel/fat-bright at baseline (+2 mm)
+    #: ... of those, the ones brighter than white matter (T1w, :func:`_baseline_bright`)
+    baseline_bright_t1: NDArray[np.bool_]
     followup_bright: NDArray[np.bool_]  # small bright structures of the follow-up (+2 mm)
     edge_frac: NDArray[np.float32]     # share of the modelled variance due to edges
     followup_in_baseline: sitk.Image   # raw follow-up resampled (linear) on the baseline grid
@@ -368,14 +375,28 @@ def _tophat_size(sp: tuple[float, ...]) -> list[int]:
 
 
 def _baseline_bright(b_sharp: NDArray[np.float32], norm: NDArray[np.bool_],
-                     tissue: NDArray[np.bool_], sp: tuple[float, ...]) -> NDArray[np.bool_]:
+                     tissue: NDArray[np.bool_], sp: tuple[float, ...], hyper_ratio: float
+                     ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Structures bright at baseline (vessels with inflow enhancement, fat), grown by
     2 mm: above 1.1 x the 99.5th percentile of tissue, or small and bright (white
     top-hat over ~6 mm above 15 % of the ``norm`` median). ``b_sharp``: the
-    baseline before smoothing."""
+    baseline before smoothing.
+
+    Returns that mask and the T1w one, where small bright structures count only
+    if they are also T1-bright: at least ``hyper_ratio`` x the white-matter level
+    (:func:`~mri_safety.change.t1bright.white_matter_level`, the level of the
+    T1-bright finding rule). On T1w white matter is the bright tissue and every
+    strand of it thinner than the top-hat passes the top-hat test (39-41 % of
+    the tissue of the real 4.8 mm position T1s, 97 % of a 3D T1 on the 1 mm
+    grid), while vessels with inflow and fat are brighter than white matter.
+    """
     bs = b_sharp / float(np.median(b_sharp[norm]))
     tophat = bs - ndi.grey_opening(bs, size=_tophat_size(sp))
-    return dilate_mm((bs > np.percentile(bs[tissue], 99.5) * 1.1) | (tophat > 0.15), 2.0, sp)
+    very = bs > np.percentile(bs[tissue], 99.5) * 1.1
+    small = tophat > 0.15
+    above_wm = bs >= white_matter_level(bs, tissue, hyper_ratio)
+    del tophat, bs
+    return dilate_mm(very | small, 2.0, sp), dilate_mm(very | (small & above_wm), 2.0, sp)
 
 
 def _followup_bright(f_sharp: NDArray[np.float32], norm: NDArray[np.bool_],
@@ -383,6 +404,13 @@ def _followup_bright(f_sharp: NDArray[np.float32], norm: NDArray[np.bool_],
     """Small bright structures of the follow-up (on the baseline grid), grown by 2 mm."""
     fs = f_sharp / max(float(np.median(f_sharp[norm])), 1e-6)
     return dilate_mm(fs - ndi.grey_opening(fs, size=_tophat_size(sp)) > 0.15, 2.0, sp)
+
+
+def thick_slices(zp: ZPair) -> bool:
+    """Whether the pair's matched resolution is anisotropic, thick 2D slices: the
+    coarsest effective axis at least twice the finest."""
+    eff = [float(v) for v in zp.info["resolution"]["effective_resolution_mm"]]
+    return max(eff) >= 2.0 * min(eff)
 
 
 def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None = None
@@ -423,7 +451,7 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     # structures bright at baseline (vessels with inflow enhancement, fat),
     # grown by 2 mm: their change between visits is flow / partial volume, not new tissue
     # small bright structures: white top-hat over ~6 mm above 15 % of the tissue median
-    bright = _baseline_bright(arr(base_n4), norm, tissue, sp)
+    bright, bright_t1 = _baseline_bright(arr(base_n4), norm, tissue, sp, p.hyper_ratio)
     f_sharp = arr(sitk.Resample(fu_n4, base, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     fu_bright = _followup_bright(f_sharp, norm, sp)
     f = (f / scale).astype(np.float32)
@@ -464,7 +492,8 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     }
     return ZPair(z=z, base=b, fu=f, fu_native=f_native, brain=search,
                  parenchyma=brain & covered, tissue=tissue,
-                 edge_frac=edge_frac, baseline_bright=bright, followup_bright=fu_bright,
+                 edge_frac=edge_frac, baseline_bright=bright, baseline_bright_t1=bright_t1,
+                 followup_bright=fu_bright,
                  followup_in_baseline=f_raw, transform=tx, info=info)
 
 
@@ -563,6 +592,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     allowed_neg = zp.brain.copy()
     # where increases may be dipole partners (below), when that differs from allowed_pos
     partner_pos: NDArray[np.bool_] | None = None
+    partner_neg: NDArray[np.bool_] | None = None
     if c in LESION_LIKE:
         # lesion-like: brighter than the surrounding normal tissue by hyper_ratio
         # after smoothing, or at the follow-up's own resolution, where a small focus keeps
@@ -587,10 +617,18 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                                 sign=-1)
             allowed_neg &= (zp.fu <= dark) | (zp.fu_native <= dark)
         else:
-            normal &= ~zp.baseline_bright
+            # T1w: only structures brighter than white matter (white matter is the bright
+            # tissue of a T1w image, and its thin strands pass the top-hat test)
+            normal &= ~(zp.baseline_bright_t1 if c == "t1w" and not thick_slices(zp)
+                        else zp.baseline_bright)
         allowed_pos &= normal
         allowed_neg &= normal
         if c == "t1w":
+            # a T1-dark finding is darker than all the baseline tissue within a voxel
+            # (mri_safety.change.t1dark); the decreases it leaves out, thick-slice partial
+            # volume at grey/white interfaces, still pair with an increase beside them
+            partner_neg = allowed_neg.copy()
+            allowed_neg &= below_envelope(zp.base, zp.fu)
             # without contrast agent a small new T1-bright structure is inflow in a vessel,
             # unless it is part of a hyperintense region too thick for a vessel (a
             # haematoma or fat focus); post-contrast (t1ce) keeps them all
@@ -669,9 +707,10 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # local misregistration / tissue shift (e.g. brain sag with patient position)
     # (T1w: increases within normal tissue intensity are not reported but still pair
     # with a decrease beside them, since together they are the misregistration pattern)
-    partners = comps if partner_pos is None else extract(
-        z_used, aff, p.z_low, p.z_seed, min_vol, allowed_pos=partner_pos,
-        allowed_neg=allowed_neg)
+    partners = comps if partner_pos is None and partner_neg is None else extract(
+        z_used, aff, p.z_low, p.z_seed, min_vol,
+        allowed_pos=allowed_pos if partner_pos is None else partner_pos,
+        allowed_neg=allowed_neg if partner_neg is None else partner_neg)
     near: dict[int, NDArray[np.bool_]] = {}
     for sgn in (1, -1):
         m = np.zeros(zp.z.size, bool)

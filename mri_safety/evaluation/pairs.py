@@ -106,14 +106,48 @@ def _deep_white_matter_point(img: sitk.Image) -> tuple[float, float, float]:
     return (float(pt[0]), float(pt[1]), float(pt[2]))
 
 
-def load_highres_t1_pair(focus_mm: float = 0.0, gain: float = 0.6,
+def _white_matter_points(img: sitk.Image, n: int, apart_mm: float = 25.0,
+                         seed: int = 7) -> list[tuple[float, float, float]]:
+    """``n`` white-matter points (LPS mm) of a T1 head, at least ``apart_mm`` apart:
+    drawn (seeded) among voxels of the brightest 20 % of the head whose 5 mm
+    neighbourhood is uniform (SD < 6 % of that level)."""
+    from scipy import ndimage as ndi
+
+    a = sitk.GetArrayFromImage(img).astype(np.float32)  # [k, j, i]
+    sp = np.array(img.GetSpacing()[::-1])
+    size = [int(round(5.0 / s)) | 1 for s in sp]
+    mean = ndi.uniform_filter(a, size)
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(a * a, size) - mean * mean, 0))
+    head = a > np.percentile(a, 60)
+    level = float(np.percentile(a[head], 80))
+    kji = np.argwhere(head & (mean > level) & (sd < 0.06 * level))
+    rng = np.random.default_rng(seed)
+    picked: list[np.ndarray] = []
+    for _ in range(100000):
+        if len(picked) == n:
+            break
+        c = kji[rng.integers(len(kji))]
+        if all(np.linalg.norm((c - q) * sp) >= apart_mm for q in picked):
+            picked.append(c)
+    if len(picked) < n:
+        raise ValueError(f"only {len(picked)} white-matter points {apart_mm} mm apart")
+    out = []
+    for c in picked:
+        pt = img.TransformIndexToPhysicalPoint([int(v) for v in c[::-1]])
+        out.append((float(pt[0]), float(pt[1]), float(pt[2])))
+    return out
+
+
+def load_highres_t1_pair(focus_mm: float = 0.0, gain: float = 0.6, n_foci: int = 1,
                          root: Path | None = None) -> Pair:
     """The real 3D T1 of brain-t1-3d (0.7 mm, its dcm2niix reference NIfTI) and
     itself moved by :func:`mri_safety.register.simulate.known_motion` (7/-4/3 deg,
     10/-6/4 mm, bias field, 3 % Rician noise, seed 1234): a no-change pair with a
-    known transform. With ``focus_mm`` > 0 a sphere of that diameter at ``gain``
-    x the tissue around it is put in deep white matter before the motion
-    (``truth``: the sphere on the baseline grid, ``(i, j, k)``)."""
+    known transform. With ``focus_mm`` > 0, spheres of that diameter at ``gain``
+    x the tissue are put in white matter before the motion: one at
+    :func:`_deep_white_matter_point` (``n_foci`` = 1), or ``n_foci`` at
+    :func:`_white_matter_points` (seeded, >= 25 mm apart). ``truth``: label map
+    of the spheres (1..n) on the baseline grid, ``(i, j, k)``."""
     from mri_safety.register.simulate import known_motion
 
     p = (root or DATA / "dicom" / "brain-t1-3d") / "ref" / "anat-T1w.nii.gz"
@@ -123,24 +157,26 @@ def load_highres_t1_pair(focus_mm: float = 0.0, gain: float = 0.6,
     stats.Execute(head)
     src, truth = img, None
     if focus_mm > 0:
-        pt = np.array(_deep_white_matter_point(img))
-        c = np.array(img.TransformPhysicalPointToContinuousIndex(pt.tolist()))  # (i, j, k)
-        sp = np.array(img.GetSpacing())
-        half = np.ceil(focus_mm / 2 / sp).astype(int) + 1
-        lo = np.maximum(np.round(c).astype(int) - half, 0)
-        hi = np.minimum(np.round(c).astype(int) + half + 1, np.array(img.GetSize()))
-        box = np.indices(hi - lo).reshape(3, -1).T + lo  # (i, j, k)
-        d = np.array(img.GetDirection()).reshape(3, 3) * sp
-        world = np.array(img.GetOrigin()) + box @ d.T
-        inside = box[np.linalg.norm(world - pt, axis=1) <= focus_mm / 2]
+        pts = ([_deep_white_matter_point(img)] if n_foci == 1
+               else _white_matter_points(img, n_foci))
         a = sitk.GetArrayFromImage(img)  # [k, j, i]
-        a[inside[:, 2], inside[:, 1], inside[:, 0]] *= gain
+        truth = np.zeros(img.GetSize(), np.uint8)
+        sp = np.array(img.GetSpacing())
+        d = np.array(img.GetDirection()).reshape(3, 3) * sp
+        for lab, pt in enumerate(pts, start=1):
+            c = np.array(img.TransformPhysicalPointToContinuousIndex(list(pt)))  # (i, j, k)
+            half = np.ceil(focus_mm / 2 / sp).astype(int) + 1
+            lo = np.maximum(np.round(c).astype(int) - half, 0)
+            hi = np.minimum(np.round(c).astype(int) + half + 1, np.array(img.GetSize()))
+            box = np.indices(hi - lo).reshape(3, -1).T + lo  # (i, j, k)
+            world = np.array(img.GetOrigin()) + box @ d.T
+            inside = box[np.linalg.norm(world - np.array(pt), axis=1) <= focus_mm / 2]
+            a[inside[:, 2], inside[:, 1], inside[:, 0]] *= gain
+            truth[inside[:, 0], inside[:, 1], inside[:, 2]] = lab
         src = sitk.GetImageFromArray(a)
         src.CopyInformation(img)
-        truth = np.zeros(img.GetSize(), np.uint8)
-        truth[inside[:, 0], inside[:, 1], inside[:, 2]] = 1
     moved, true = known_motion(src, stats.GetCentroid(1))
-    name = "highres-t1" + (f"-focus{focus_mm:g}mm" if focus_mm > 0 else "")
+    name = "highres-t1" + (f"-{n_foci}x{focus_mm:g}mm" if focus_mm > 0 else "")
     return Pair(name, img, moved, truth, true_transform=true)
 
 
