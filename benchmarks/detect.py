@@ -31,8 +31,14 @@ from _results import add_param_overrides, params_from, write_section  # noqa: E4
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.masks import img_like  # noqa: E402
-from mri_safety.change.params import DetectParams  # noqa: E402
-from mri_safety.evaluation.pairs import DATA, Pair, load_positions_pair  # noqa: E402
+from mri_safety.change.params import DetectParams, load_params  # noqa: E402
+from mri_safety.evaluation.pairs import (  # noqa: E402
+    DATA,
+    Pair,
+    deep_white_matter_points,
+    load_positions_pair,
+    put_foci,
+)
 from mri_safety.evaluation.scoring import score_pair  # noqa: E402
 from mri_safety.evaluation.subtraction import subtraction  # noqa: E402
 
@@ -153,6 +159,42 @@ def positions() -> tuple[list[tuple[str, int, int, float, str]], float]:
     return rows, float(np.mean([r[3] for r in rows]))
 
 
+#: T1-dark foci put into the follow-up of each real no-change pair: diameters (mm), gain
+FOCI_MM, FOCI_GAIN = (6.0, 8.0, 10.0), 0.7
+
+
+def positions_foci() -> list[tuple[str, list[bool], int]]:
+    """Each position pair with T1-dark spheres (:data:`FOCI_MM` at :data:`FOCI_GAIN`
+    x the tissue they fill) put into the follow-up at three deep white-matter points
+    of the baseline (>= 30 mm apart) taken through the pair's registration: per
+    pair, found per sphere (a flagged T1w decrease within radius + 2 mm of its
+    centre) and the flagged candidates near none."""
+    from mri_safety.change.compare import register_pair
+
+    p = PARAMS or load_params()
+    rows = []
+    for a, b in itertools.combinations(["HFS", "HFP", "HFDL", "HFDR"], 2):
+        pr = load_positions_pair(a, b)
+        rp = register_pair(pr.fixed, pr.moving, threads=p.registration_threads, seed=p.seed,
+                           contrast="t1w")
+        pts = deep_white_matter_points(rp.baseline_n4, rp.brain, len(FOCI_MM), apart_mm=30.0)
+        moved = put_foci(pr.moving, rp.transform,
+                         [(q, d, FOCI_GAIN) for q, d in zip(pts, FOCI_MM, strict=True)])
+        res = detect_pair(pr.fixed, moved, contrast="t1w", params=PARAMS)
+        flagged = [c for c in res.candidates if c["flagged"]]
+
+        def near(c: dict[str, Any], q: np.ndarray, d: float) -> bool:
+            ras = q * np.array([-1.0, -1.0, 1.0])
+            return bool(np.linalg.norm(np.array(c["centroid_ras_mm"]) - ras) <= d / 2 + 2.0)
+        found = [any(near(c, q, d) and c["type"] == "t1_signal_decrease" for c in flagged)
+                 for q, d in zip(pts, FOCI_MM, strict=True)]
+        fp = sum(not any(near(c, q, d) for q, d in zip(pts, FOCI_MM, strict=True))
+                 for c in flagged)
+        rows.append((f"{a}-{b}", found, fp))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def synthetic(study: Path) -> str:
     from mri_safety.evaluation.pairs import load_synth_pair, synth_visits
 
@@ -256,6 +298,21 @@ def main() -> None:
             out.append(f"| {name} | {n_fl} | {n_sub} | {st} | {secs:.0f} |")
         out.append(f"\nBar: <= 1 flagged per pair; max here {max(r[1] for r in pos_rows)}. "
                    f"Mean time {mean_s:.0f} s per pair.\n")
+        foci = positions_foci()
+        out.append("The same pairs with T1-dark spheres of "
+                   f"{', '.join(f'{d:g}' for d in FOCI_MM)} mm at {FOCI_GAIN:g} x put into "
+                   "the follow-up (deep white matter of the baseline, >= 30 mm apart, "
+                   "through the pair's registration; found = a flagged T1w decrease within "
+                   "radius + 2 mm):\n")
+        out.append("| pair | " + " | ".join(f"{d:g} mm" for d in FOCI_MM)
+                   + " | flagged elsewhere |")
+        out.append("|---|" + "---|" * (len(FOCI_MM) + 1))
+        for name, found, fp in foci:
+            out.append(f"| {name} | " + " | ".join("found" if f else "missed" for f in found)
+                       + f" | {fp} |")
+        out.append(f"\nFound {sum(sum(f) for _, f, _ in foci)} of "
+                   f"{sum(len(f) for _, f, _ in foci)}; flagged elsewhere "
+                   f"{sum(fp for _, _, fp in foci)} over {len(foci)} pairs.\n")
     if a.synth is not None and a.synth.exists():
         out.append("### Synthetic FLAIR pairs (mri_safety.synth, preset small)\n")
         out.append(synthetic(a.synth))

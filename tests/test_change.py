@@ -705,46 +705,16 @@ def test_t1w_bright_and_dark_foci_found_on_real_no_change_pair() -> None:
     (docs/detection.md, method step 6) must not cost a hyperintense finding.
     """
     from mri_safety.change.compare import register_pair
-    from mri_safety.evaluation.pairs import load_positions_pair
+    from mri_safety.evaluation.pairs import deep_white_matter_points, load_positions_pair, put_foci
 
     need_data("dicom", "patient-positions")
     pr = load_positions_pair("HFS", "HFP")
     p = load_params()
     rp = register_pair(pr.fixed, pr.moving, threads=1, seed=p.seed, contrast="t1w")
-    # two deep white-matter points of the baseline, >= 40 mm apart
-    b = np.transpose(sitk.GetArrayFromImage(rp.baseline_n4), (2, 1, 0))
-    sp = rp.baseline.GetSpacing()
-    depth = ndi.distance_transform_edt(rp.brain, sampling=sp)
-    wm = rp.brain & (b > np.percentile(b[rp.brain], 75)) & (depth > 15.0)
-    wm &= ndi.binary_erosion(wm, np.ones((3, 3, 3), bool))
-    idx = np.argwhere(wm)
-    pts = [np.array(rp.baseline.TransformContinuousIndexToPhysicalPoint(
-        [float(v) for v in ijk])) for ijk in idx]
-    a = pts[len(pts) // 3]
-    far = [q for q in pts if np.linalg.norm(q - a) >= 40.0]
-    assert far, "no second white-matter point 40 mm away"
-    c = far[len(far) // 2]
-    # into the follow-up: each focus at the follow-up point of its baseline point, with
-    # the partial volume of the follow-up's voxels (3 x 3 x 3 sub-samples per voxel)
-    fu = sitk.GetArrayFromImage(pr.moving).astype(np.float64)  # [k, j, i]
-    mv = pr.moving
-    d = np.array(mv.GetDirection()).reshape(3, 3) * np.array(mv.GetSpacing())
-    o = np.array(mv.GetOrigin())
-    sub = (np.indices((3, 3, 3)).reshape(3, -1).T - 1) / 3.0
-    for pt_b, gain in ((a, 1.6), (c, 0.6)):
-        q = np.array(rp.transform.TransformPoint(tuple(float(v) for v in pt_b)))
-        ctr = np.linalg.solve(d, q - o)
-        lo = np.maximum(np.floor(ctr - 8 / np.array(mv.GetSpacing())), 0).astype(int)
-        hi = np.minimum(np.ceil(ctr + 8 / np.array(mv.GetSpacing())) + 1,
-                        np.array(mv.GetSize())).astype(int)
-        box = np.indices(hi - lo).reshape(3, -1).T + lo
-        pos = o + (box[:, None, :] + sub[None]) @ d.T
-        frac = (np.linalg.norm(pos - q, axis=2) <= 5.0).mean(axis=1)
-        k = (box[:, 2], box[:, 1], box[:, 0])
-        ref = float(np.median(fu[k][frac > 0.5]))
-        fu[k] = (1 - frac) * fu[k] + frac * gain * ref
-    moved = sitk.GetImageFromArray(fu.astype(np.float32))
-    moved.CopyInformation(mv)
+    # two deep white-matter points of the baseline, >= 40 mm apart, put into the
+    # follow-up at the points the registration maps them to
+    a, c = deep_white_matter_points(rp.baseline_n4, rp.brain, 2, apart_mm=40.0)
+    moved = put_foci(pr.moving, rp.transform, [(a, 10.0, 1.6), (c, 10.0, 0.6)])
     res = detect_pair(pr.fixed, moved, contrast="t1w")
     flagged = [x for x in res.candidates if x["flagged"]]
     print([(x["type"], x["volume_mm3"], x["centroid_ras_mm"]) for x in flagged])

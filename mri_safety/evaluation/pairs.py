@@ -180,6 +180,62 @@ def load_highres_t1_pair(focus_mm: float = 0.0, gain: float = 0.6, n_foci: int =
     return Pair(name, img, moved, truth, true_transform=true)
 
 
+def deep_white_matter_points(baseline: sitk.Image, brain: np.ndarray, n: int,
+                             apart_mm: float = 40.0, depth_mm: float = 15.0
+                             ) -> list[np.ndarray]:
+    """``n`` deep white-matter points (LPS mm) of a T1w ``baseline``: voxels of
+    ``brain`` (``(i, j, k)``, e.g. a registered pair's brain mask) in the brightest
+    quarter of it, more than ``depth_mm`` inside it and 3 x 3 x 3 uniform in that
+    class; the first at a third of them in array order, each next one the middle
+    of those at least ``apart_mm`` from every point taken (deterministic)."""
+    from scipy import ndimage as ndi
+
+    b = np.transpose(sitk.GetArrayFromImage(baseline), (2, 1, 0))
+    depth = ndi.distance_transform_edt(brain, sampling=baseline.GetSpacing())
+    wm = brain & (b > np.percentile(b[brain], 75)) & (depth > depth_mm)
+    wm &= ndi.binary_erosion(wm, np.ones((3, 3, 3), bool))
+    pts = [np.array(baseline.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in ijk])) for ijk in np.argwhere(wm)]
+    if not pts:
+        raise ValueError("no deep white-matter voxel in the brain mask")
+    out = [pts[len(pts) // 3]]
+    while len(out) < n:
+        far = [q for q in pts if all(np.linalg.norm(q - a) >= apart_mm for a in out)]
+        if not far:
+            raise ValueError(f"only {len(out)} white-matter points {apart_mm} mm apart")
+        out.append(far[len(far) // 2])
+    return out
+
+
+def put_foci(moving: sitk.Image, to_moving: sitk.Transform,
+             foci: list[tuple[np.ndarray, float, float]]) -> sitk.Image:
+    """``moving`` with spheres ``(centre, diameter_mm, gain)``: each centre (LPS mm,
+    in the baseline's space) is taken to ``moving`` by ``to_moving`` (baseline ->
+    follow-up points, as a registration gives), and the sphere's voxels become
+    ``gain`` x the median of the voxels it fills, with the partial volume of the
+    follow-up's voxels (3 x 3 x 3 sub-samples per voxel)."""
+    fu = sitk.GetArrayFromImage(moving).astype(np.float64)  # [k, j, i]
+    sp = np.array(moving.GetSpacing())
+    d = np.array(moving.GetDirection()).reshape(3, 3) * sp
+    o = np.array(moving.GetOrigin())
+    sub = (np.indices((3, 3, 3)).reshape(3, -1).T - 1) / 3.0
+    for centre, diam, gain in foci:
+        q = np.array(to_moving.TransformPoint(tuple(float(v) for v in centre)))
+        ctr = np.linalg.solve(d, q - o)
+        reach = diam / 2 + 3.0
+        lo = np.maximum(np.floor(ctr - reach / sp), 0).astype(int)
+        hi = np.minimum(np.ceil(ctr + reach / sp) + 1, np.array(moving.GetSize())).astype(int)
+        box = np.indices(hi - lo).reshape(3, -1).T + lo
+        pos = o + (box[:, None, :] + sub[None]) @ d.T
+        frac = (np.linalg.norm(pos - q, axis=2) <= diam / 2).mean(axis=1)
+        k = (box[:, 2], box[:, 1], box[:, 0])
+        ref = float(np.median(fu[k][frac > 0.5]))
+        fu[k] = (1 - frac) * fu[k] + frac * gain * ref
+    out = sitk.GetImageFromArray(fu.astype(np.float32))
+    out.CopyInformation(moving)
+    return out
+
+
 def load_synth_pair(study: Path, patient: str, visit: str, contrast: str = "FLAIR") -> Pair:
     """Synthetic pair: baseline vs ``visit`` of ``contrast`` from a generated study.
 
