@@ -86,10 +86,12 @@ def load_positions_pair(a: str = "HFS", b: str = "HFP", root: Path | None = None
     return Pair(f"positions-{a}-{b}", _convert_dir(d / a), _convert_dir(d / b), None)
 
 
-def _deep_white_matter_point(img: sitk.Image) -> tuple[float, float, float]:
-    """A deep white-matter point (LPS mm) of a T1 head: among voxels of the brightest
-    15 % of the head whose 5 mm neighbourhood is uniform, the one nearest to the
-    head centroid moved 25 mm along the first voxel axis and 10 mm along the third."""
+def _uniform_bright_voxels(img: sitk.Image, level_pct: float, sd_frac: float
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxels ``[k, j, i]`` of a T1 head (above its 60th percentile) whose 5 mm
+    neighbourhood has a mean above the head's ``level_pct`` percentile and an SD
+    under ``sd_frac`` x that level (uniform bright tissue: white matter); with the
+    voxel spacing in array order and the head mask."""
     from scipy import ndimage as ndi
 
     a = sitk.GetArrayFromImage(img).astype(np.float32)  # [k, j, i]
@@ -98,8 +100,17 @@ def _deep_white_matter_point(img: sitk.Image) -> tuple[float, float, float]:
     mean = ndi.uniform_filter(a, size)
     sd = np.sqrt(np.maximum(ndi.uniform_filter(a * a, size) - mean * mean, 0))
     head = a > np.percentile(a, 60)
-    level = float(np.percentile(a[head], 85))
-    kji = np.argwhere(head & (mean > level) & (sd < 0.05 * level))
+    level = float(np.percentile(a[head], level_pct))
+    return np.argwhere(head & (mean > level) & (sd < sd_frac * level)), sp, head
+
+
+def _deep_white_matter_point(img: sitk.Image) -> tuple[float, float, float]:
+    """A deep white-matter point (LPS mm) of a T1 head: among voxels of the brightest
+    15 % of the head whose 5 mm neighbourhood is uniform, the one nearest to the
+    head centroid moved 25 mm along the first voxel axis and 10 mm along the third."""
+    from scipy import ndimage as ndi
+
+    kji, sp, head = _uniform_bright_voxels(img, 85.0, 0.05)
     target = np.array(ndi.center_of_mass(head)) + np.array([10.0, 0.0, 25.0]) / sp
     best = kji[np.argmin((((kji - target) * sp) ** 2).sum(axis=1))]
     pt = img.TransformIndexToPhysicalPoint([int(v) for v in best[::-1]])
@@ -111,16 +122,7 @@ def _white_matter_points(img: sitk.Image, n: int, apart_mm: float = 25.0,
     """``n`` white-matter points (LPS mm) of a T1 head, at least ``apart_mm`` apart:
     drawn (seeded) among voxels of the brightest 20 % of the head whose 5 mm
     neighbourhood is uniform (SD < 6 % of that level)."""
-    from scipy import ndimage as ndi
-
-    a = sitk.GetArrayFromImage(img).astype(np.float32)  # [k, j, i]
-    sp = np.array(img.GetSpacing()[::-1])
-    size = [int(round(5.0 / s)) | 1 for s in sp]
-    mean = ndi.uniform_filter(a, size)
-    sd = np.sqrt(np.maximum(ndi.uniform_filter(a * a, size) - mean * mean, 0))
-    head = a > np.percentile(a, 60)
-    level = float(np.percentile(a[head], 80))
-    kji = np.argwhere(head & (mean > level) & (sd < 0.06 * level))
+    kji, sp, _ = _uniform_bright_voxels(img, 80.0, 0.06)
     rng = np.random.default_rng(seed)
     picked: list[np.ndarray] = []
     for _ in range(100000):
