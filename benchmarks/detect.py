@@ -166,10 +166,10 @@ FOCI_MM, FOCI_GAIN = (6.0, 8.0, 10.0), 0.7
 def positions_foci() -> list[tuple[str, list[bool], int]]:
     """Each position pair with T1-dark spheres (:data:`FOCI_MM` at :data:`FOCI_GAIN`
     x the tissue they fill) put into the follow-up at three deep white-matter points
-    of the baseline (>= 30 mm apart) taken through the pair's registration: per
-    pair, found per sphere (a flagged T1w decrease within radius + 2 mm of its
-    centre) and the flagged candidates near none."""
-    from mri_safety.change.compare import register_pair
+    of the baseline (>= 30 mm apart, in the region both visits cover) taken through
+    the pair's registration: per pair, found per sphere (a flagged T1w decrease
+    within radius + 2 mm of its centre) and the flagged candidates near none."""
+    from mri_safety.change.compare import covered_region, register_pair
 
     p = PARAMS or load_params()
     rows = []
@@ -177,7 +177,9 @@ def positions_foci() -> list[tuple[str, list[bool], int]]:
         pr = load_positions_pair(a, b)
         rp = register_pair(pr.fixed, pr.moving, threads=p.registration_threads, seed=p.seed,
                            contrast="t1w")
-        pts = deep_white_matter_points(rp.baseline_n4, rp.brain, len(FOCI_MM), apart_mm=30.0)
+        # only where both visits can be compared: HFDL and HFDR run off the slab edges
+        both = rp.brain & covered_region(rp.followup, rp.baseline, rp.transform)
+        pts = deep_white_matter_points(rp.baseline_n4, both, len(FOCI_MM), apart_mm=30.0)
         moved = put_foci(pr.moving, rp.transform,
                          [(q, d, FOCI_GAIN) for q, d in zip(pts, FOCI_MM, strict=True)])
         res = detect_pair(pr.fixed, moved, contrast="t1w", params=PARAMS)

@@ -704,7 +704,7 @@ def test_t1w_bright_and_dark_foci_found_on_real_no_change_pair() -> None:
     HFS -> HFP no-change pair (0 flagged without them). The T1-bright rule
     (docs/detection.md, method step 6) must not cost a hyperintense finding.
     """
-    from mri_safety.change.compare import register_pair
+    from mri_safety.change.compare import covered_region, register_pair
     from mri_safety.evaluation.pairs import deep_white_matter_points, load_positions_pair, put_foci
 
     need_data("dicom", "patient-positions")
@@ -712,8 +712,9 @@ def test_t1w_bright_and_dark_foci_found_on_real_no_change_pair() -> None:
     p = load_params()
     rp = register_pair(pr.fixed, pr.moving, threads=1, seed=p.seed, contrast="t1w")
     # two deep white-matter points of the baseline, >= 40 mm apart, put into the
-    # follow-up at the points the registration maps them to
-    a, c = deep_white_matter_points(rp.baseline_n4, rp.brain, 2, apart_mm=40.0)
+    # follow-up at the points the registration maps them to (where both visits are seen)
+    both = rp.brain & covered_region(rp.followup, rp.baseline, rp.transform)
+    a, c = deep_white_matter_points(rp.baseline_n4, both, 2, apart_mm=40.0)
     moved = put_foci(pr.moving, rp.transform, [(a, 10.0, 1.6), (c, 10.0, 0.6)])
     res = detect_pair(pr.fixed, moved, contrast="t1w")
     flagged = [x for x in res.candidates if x["flagged"]]

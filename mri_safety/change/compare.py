@@ -355,10 +355,11 @@ def _profile_matched(base_n4: sitk.Image, fu_n4: sitk.Image, base: sitk.Image,
     return arr(b_deg), arr(f_res), res_info
 
 
-def _covered(fu: sitk.Image, base: sitk.Image, tx: sitk.Transform) -> NDArray[np.bool_]:
-    """Baseline voxels inside the follow-up's field of view and the baseline's own
-    (minus its outer voxel: 2D slab edges), eroded by 5 mm (interpolation and
-    slab-edge fall-off)."""
+def covered_region(fu: sitk.Image, base: sitk.Image, tx: sitk.Transform) -> NDArray[np.bool_]:
+    """Baseline voxels ``(i, j, k)`` inside the follow-up's field of view and the
+    baseline's own (minus its outer voxel: 2D slab edges), eroded by 5 mm
+    (interpolation and slab-edge fall-off): where the two visits can be compared.
+    ``tx`` maps baseline points to follow-up points (LPS mm)."""
     cover = arr(sitk.Resample(sitk.Cast(fu * 0 + 1, sitk.sitkFloat32), base, tx,
                               sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     frame = np.zeros(cover.shape, bool)
@@ -424,7 +425,7 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     sp = tuple(float(s) for s in base.GetSpacing())
     tx = rp.transform
     b, f, res_info = _profile_matched(base_n4, fu_n4, base, tx)
-    covered = _covered(fu, base, tx)
+    covered = covered_region(fu, base, tx)
     if p.smooth_mm > 0:
         sig = [p.smooth_mm / s for s in sp]
         b = ndi.gaussian_filter(b, sig, mode="nearest")
