@@ -882,6 +882,14 @@ def run_trial(
     summary.failures.extend(
         f"{r.source}: {'; '.join(r.errors)}" for r in report.series if r.status == "failed")
     summary.failures.extend(report.visit_errors)
+    # files that may hold data but could not be read (unreadable header, no UIDs):
+    # the conversion report lists them, the run names them as failures too
+    summary.failures.extend(f"{p.path}: {p.message}" for p in report.file_problems
+                            if p.level == "error")
+    if not report.series:
+        n_other = sum(1 for p in report.file_problems if p.level != "info")
+        summary.failures.append(f"{dicom_dir}: no DICOM series found ({n_other} other "
+                                "file(s) skipped; see conversion_report.tsv)")
     (out / "run_summary.json").write_text(json.dumps({
         "software": f"mri-safety {__version__}",
         "visits": summary.visits,

@@ -104,3 +104,15 @@ def test_split_by_echo_and_orientation(tmp_path, hfs):
     assert {g.split_index for g in groups} == {1, 2, 3}
     assert all("orientation" in g.split_reason and "echo" in g.split_reason for g in groups)
     assert len({g.key for g in groups}) == 3
+
+
+def test_symlinked_folders_are_followed_once(tmp_path, hfs):
+    """A tree of links (series folders linked in, as exports are often assembled)
+    is read like the folders themselves; a link back up the tree is walked once."""
+    tree = tmp_path / "tree"
+    (tree / "visit1").mkdir(parents=True)
+    (tree / "visit1" / "series").symlink_to(hfs, target_is_directory=True)
+    (tree / "visit1" / "loop").symlink_to(tree, target_is_directory=True)
+    res = discover(tree, workers=1)
+    assert len(res.instances) == 35
+    assert not [p for p in res.problems if "duplicate" in p.message]

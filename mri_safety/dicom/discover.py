@@ -298,7 +298,12 @@ def _dicomdir_files(path: Path) -> list[Path]:
 
 def iter_candidate_files(root: Path) -> Iterator[Path]:
     """Every regular file under ``root`` (or ``root`` itself), plus files
-    referenced by DICOMDIRs, each once, in sorted order."""
+    referenced by DICOMDIRs, each once, in sorted order.
+
+    Symbolic links to folders are followed (exports and trial folders are often
+    assembled from links; ``os.walk`` skips them by default, and a tree of links
+    then looks empty); a folder reached twice, e.g. through a link to one of its
+    parents, is walked once."""
     root = Path(root)
     if root.is_file():
         files = {root}
@@ -307,8 +312,15 @@ def iter_candidate_files(root: Path) -> Iterator[Path]:
         yield from sorted(files)
         return
     seen: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    walked: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        dirnames[:] = sorted(d for d in dirnames
+                             if os.path.realpath(os.path.join(dirpath, d)) not in walked)
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if p in seen or not p.is_file():
