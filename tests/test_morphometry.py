@@ -101,3 +101,26 @@ def test_cord_csa_c2c3_on_real_spine_t2(data_dir):
     print(f"CSA C2-C3 ours {res.csa_c2c3_mm2:.1f} mm2, manual {truth:.1f} mm2 "
           f"({res.n_slices_c2c3} slices, levels {res.levels})")
     assert res.csa_c2c3_mm2 == pytest.approx(truth, rel=0.10)
+
+
+@pytest.mark.slow
+def test_fine_3d_t1_is_measured_on_the_analysis_grid():
+    """The real 0.7 mm 3D T1 (40 M voxels) is measured on the 1 mm analysis grid:
+    brain and ventricle volumes within 2 % of the native-grid measurement
+    (measured 2026-12-05: -0.8 % and -1.2 %; 7 s and 1.2 GB instead of 18 s and
+    2.5 GB, which is over a 2 GiB pipeline worker), and a 1 mm image is left on its
+    own grid (the same figures either way)."""
+    from conftest import need_data
+
+    from mri_safety.morphometry.volumes import brain_volumes
+    from mri_safety.preprocess.grid import to_analysis_grid
+    from mri_safety.register.transforms import load_image
+
+    img = load_image(need_data("dicom", "brain-t1-3d", "ref", "anat-T1w.nii.gz"))
+    assert np.prod(img.GetSpacing()) < 0.5
+    grid = brain_volumes(img, "T1w")
+    native = brain_volumes(img, "T1w", analysis_grid=False)
+    assert abs(grid.brain_mm3 / native.brain_mm3 - 1) < 0.02, (grid, native)
+    assert abs(grid.ventricles_mm3 / native.ventricles_mm3 - 1) < 0.02, (grid, native)
+    one_mm = to_analysis_grid(img)
+    assert brain_volumes(one_mm, "T1w") == brain_volumes(one_mm, "T1w", analysis_grid=False)
