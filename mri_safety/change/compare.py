@@ -854,8 +854,12 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
 
 
 def _nifti(a: NDArray[np.generic], like: sitk.Image) -> nib.Nifti1Image:
+    """``a`` (``[i, j, k]``) as NIfTI with ``like``'s RAS affine. NIfTI stores voxels
+    in Fortran order, so an ``[i, j, k]`` view of a SimpleITK ``[k, j, i]`` array is
+    written as it is (a C-order copy of a 0.7 mm head would cost 160 MB more; the
+    file bytes are the same either way)."""
     aff = sitk_affine_ras(like)
-    out = nib.Nifti1Image(np.ascontiguousarray(a), aff)
+    out = nib.Nifti1Image(np.asarray(a), aff)
     out.set_qform(aff, code=1)
     out.set_sform(aff, code=1)
     return out
@@ -921,7 +925,8 @@ def to_native_grid(res: ChangeResult, baseline: Path, followup: Path) -> ChangeR
 
     def back(a: NDArray[np.generic], interp: int, pixel: int) -> NDArray[Any]:
         img = sitk.Resample(img_like(a, res.baseline), ref, sitk.Transform(), interp, 0.0, pixel)
-        return arr(img)
+        # [i, j, k] view of the [k, j, i] copy (one native-size array, not two)
+        return sitk.GetArrayFromImage(img).transpose(2, 1, 0)
 
     tx = res.transform if res.transform is not None else sitk.Transform()
     fu = sitk.Resample(_load_native(followup), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -941,7 +946,8 @@ def to_native_grid(res: ChangeResult, baseline: Path, followup: Path) -> ChangeR
         z=back(res.z.astype(np.float32), sitk.sitkLinear, sitk.sitkFloat32),
         maps={k: back(m.astype(np.float32), sitk.sitkLinear, sitk.sitkFloat32)
               for k, m in res.maps.items()},
-        followup_in_baseline=fu, baseline=_load_native(baseline))
+        # the native baseline is needed for its geometry only (``ref``, uint8, no pixels read)
+        followup_in_baseline=fu, baseline=ref)
 
 
 def write_outputs(res: ChangeResult, out: Path, inputs: dict[str, Any],
@@ -963,12 +969,17 @@ def write_outputs(res: ChangeResult, out: Path, inputs: dict[str, Any],
            "n_flagged": sum(1 for c in res.candidates if c["flagged"]),
            "candidates": res.candidates, "registration": reg, "parameters": params}
     (out / "candidates.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    nib.save(_nifti(res.labels.astype(np.int32), res.baseline), str(out / "candidates.nii.gz"))
-    nib.save(_nifti(res.z.astype(np.float32), res.baseline), str(out / "zmap.nii.gz"))
-    nib.save(_nifti(arr(res.followup_in_baseline).astype(np.float32), res.baseline),
+    # (copy=False and [i, j, k] views: a 0.7 mm head's maps are 160 MB each)
+    nib.save(_nifti(res.labels.astype(np.int32, copy=False), res.baseline),
+             str(out / "candidates.nii.gz"))
+    nib.save(_nifti(res.z.astype(np.float32, copy=False), res.baseline), str(out / "zmap.nii.gz"))
+    fu = sitk.GetArrayFromImage(res.followup_in_baseline).transpose(2, 1, 0)
+    nib.save(_nifti(fu.astype(np.float32, copy=False), res.baseline),
              str(out / "followup_in_baseline.nii.gz"))
+    del fu
     for name, m in res.maps.items():
-        nib.save(_nifti(m.astype(np.float32), res.baseline), str(out / f"{name}.nii.gz"))
+        nib.save(_nifti(m.astype(np.float32, copy=False), res.baseline),
+                 str(out / f"{name}.nii.gz"))
     return doc
 
 
