@@ -87,12 +87,14 @@ def efc(values: NDArray[np.floating]) -> float:
     """
     x = np.abs(np.asarray(values, dtype=np.float64).ravel())
     n = x.size
-    b_max = math.sqrt(float(np.sum(x * x)))
+    b_max = math.sqrt(float(np.dot(x, x)))
     if n < 2 or b_max == 0:
         return math.nan
     e_max = n * (1.0 / math.sqrt(n)) * math.log(1.0 / math.sqrt(n))
-    r = x / b_max
-    e = float(np.sum(r * np.log(r + 1e-16)))
+    # sum r ln r with r = x / B_max, as (sum x ln x - ln B_max sum x) / B_max (0 ln 0 = 0):
+    # one temporary instead of four (a 0.7 mm 3D head: 320 MB each in float64)
+    log_x = np.log(x, out=np.zeros_like(x), where=x > 0)
+    e = (float(np.dot(x, log_x)) - math.log(b_max) * float(x.sum())) / b_max
     return float(e / e_max)
 
 
