@@ -1,7 +1,8 @@
 """Benchmark: the whole pipeline (``mri-safety run``) on real scanner DICOM.
 
-Two small trials built in a temporary folder from ``../shared/data`` (read in
-place; the only files written are the moved copy below):
+Two small trials built in a temporary folder from ``../shared/data`` by
+:mod:`mri_safety.evaluation.dicom_trials` (read in place; the only files
+written are the moved copy below):
 
 * ``positions-2d``: three real 2D sagittal T1 studies of one volunteer
   (patient-positions HFS, HFP, HFDL; 1 x 1 x 4.8 mm) as baseline, 24 h and M2
@@ -35,65 +36,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pydicom
-import SimpleITK as sitk
-from pydicom.uid import generate_uid
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
 
-from mri_safety.evaluation.pairs import DATA  # noqa: E402
+from mri_safety.evaluation.dicom_trials import moved_t1_trial, positions_trial  # noqa: E402
 
 SECRET = b"real-pipeline-benchmark-secret-0"
-POSITIONS = {"HFS": "baseline", "HFP": "24h", "HFDL": "M2"}
-
-
-def positions_trial(root: Path) -> tuple[Path, Path]:
-    """The link tree and enrolment CSV of ``positions-2d``."""
-    src = DATA / "dicom" / "patient-positions"
-    dicom = root / "dicom"
-    dicom.mkdir(parents=True)
-    overrides = []
-    for name, label in POSITIONS.items():
-        (dicom / name).symlink_to(src / name, target_is_directory=True)
-        first = sorted((src / name).iterdir())[0]
-        overrides.append(f"{pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID}"
-                         f"={label}")
-    enrol = root / "enrolment.csv"
-    enrol.write_text("patient_id,dosing_date,route,visit_overrides\n"
-                     f"crlab,2022-04-07,intrathecal,{';'.join(overrides)}\n")
-    return dicom, enrol
-
-
-def moved_t1_trial(root: Path) -> tuple[Path, Path]:
-    """``t1-3d-moved``: links to the real series, and its rigidly moved copy."""
-    src = DATA / "dicom" / "brain-t1-3d" / "dicoms"
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(src))  # sorted by position
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    img = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
-    centre = img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()])
-    tx = sitk.Euler3DTransform(centre, *np.deg2rad([2.0, -1.0, 1.5]), (1.5, -1.0, 0.8))
-    moved = sitk.GetArrayFromImage(sitk.Resample(img, img, tx, sitk.sitkLinear, 0.0))
-    base, fu = root / "dicom" / "baseline", root / "dicom" / "m2"
-    base.mkdir(parents=True)
-    fu.mkdir()
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for k, f in enumerate(files):
-        (base / Path(f).name).symlink_to(f)
-        ds = pydicom.dcmread(f)
-        dtype = ds.pixel_array.dtype
-        ds.PixelData = np.clip(np.round(moved[k]), 0, np.iinfo(dtype).max).astype(dtype).tobytes()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20130915"
-        ds.save_as(fu / Path(f).name)
-    enrol = root / "enrolment.csv"
-    pid = pydicom.dcmread(files[0], stop_before_pixels=True).PatientID
-    enrol.write_text(f"patient_id,dosing_date\n{pid},2013-07-18\n")
-    return root / "dicom", enrol
 
 
 def run(dicom: Path, enrol: Path, out: Path) -> dict[str, Any]:
@@ -132,8 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in (("positions-2d", positions_trial), ("t1-3d-moved", moved_t1_trial)):
             root = Path(tmp) / name
-            dicom, enrol = make(root)
-            r = run(dicom, enrol, root / "out")
+            trial = make(root)
+            r = run(trial.dicom, trial.enrolment, root / "out")
             print(name, json.dumps(r, indent=1), flush=True)
             rows.append((name, r))
     out = ["| trial | visits | wall s | flagged | failures | peak RSS per worker MiB "

@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import pydicom
+import numpy as np
 import pytest
 from conftest import need_data
+
+from mri_safety.evaluation.dicom_trials import positions_trial
 
 pytestmark = pytest.mark.slow
 
 SECRET = b"real-pipeline-test-secret-012345"
-VISITS = {"HFS": "baseline", "HFP": "24h", "HFDL": "M2"}
+
+
+@pytest.fixture(autouse=True)
+def _data() -> None:
+    need_data("dicom", "patient-positions")
 
 
 def _run(dicom: Path, out: Path, enrolment: Path | None):
@@ -35,29 +42,22 @@ def _run(dicom: Path, out: Path, enrolment: Path | None):
         return run_trial(dicom, out, client, secret=SECRET, enrolment=enrolment)
 
 
+def _followups(out: Path) -> list[dict[str, Any]]:
+    """The visit summaries of the follow-up visits."""
+    docs = [json.loads(p.read_text())
+            for p in sorted((out / "visits").glob("*/ses-*/visit_summary.json"))]
+    return [v for v in docs if v["visit"] != "baseline"]
+
+
 def test_real_dicom_trial_through_links(tmp_path: Path) -> None:
-    src = need_data("dicom", "patient-positions")
-    dicom = tmp_path / "dicom"
-    dicom.mkdir()
-    overrides = []
-    for name, label in VISITS.items():
-        (dicom / name).symlink_to(src / name, target_is_directory=True)
-        first = sorted((src / name).iterdir())[0]
-        uid = pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID
-        overrides.append(f"{uid}={label}")
-    (dicom / "up").symlink_to(dicom, target_is_directory=True)  # a loop
-    enrol = tmp_path / "enrolment.csv"
-    enrol.write_text("patient_id,dosing_date,route,visit_overrides\n"
-                     f"crlab,2022-04-07,intrathecal,{';'.join(overrides)}\n")
+    trial = positions_trial(tmp_path)
+    (trial.dicom / "up").symlink_to(trial.dicom, target_is_directory=True)  # a loop
     out = tmp_path / "out"
-    summary = _run(dicom, out, enrol)
+    summary = _run(trial.dicom, out, trial.enrolment)
     assert not summary.failures, summary.failures
     assert sorted(v.split("/")[1] for v in summary.visits) == ["ses-24h", "ses-M2",
                                                                "ses-baseline"]
-    for path in sorted((out / "visits").glob("*/ses-*/visit_summary.json")):
-        v = json.loads(path.read_text())
-        if v["visit"] == "baseline":
-            continue
+    for v in _followups(out):
         # 24h: vs baseline; M2: vs baseline and vs 24h
         assert len(v["comparisons"]) == (1 if v["visit"] == "24h" else 2), v["comparisons"]
         for c in v["comparisons"]:
@@ -69,6 +69,43 @@ def test_real_dicom_trial_through_links(tmp_path: Path) -> None:
         assert not vol[0]["ventricular_enlargement"], vol[0]
         assert abs(vol[0]["brain_volume_change_pct"]) < 2.0, vol[0]
     assert (out / "reports" / "safety_table.csv").is_file()
+
+
+def test_real_dicom_trial_with_a_new_focus_is_flagged_where_it_was_put(tmp_path: Path
+                                                                        ) -> None:
+    """The same trial with a 10 mm T1-dark sphere (0.6 x the white matter it
+    fills) written into the M2 DICOM at a deep white-matter point: M2 is flagged,
+    against the baseline and against 24 h, by a T1w decrease on the sphere; 24 h
+    has nothing flagged; the M2 report names each flagged finding. (Looked at on
+    2026-12-05: the montages show the dark sphere at the crosshair, in the left
+    deep grey/white matter, 16 z below the reference.)"""
+    trial = positions_trial(tmp_path, focus=(10.0, 0.6))
+    assert trial.focus_lps is not None
+    out = tmp_path / "out"
+    summary = _run(trial.dicom, out, trial.enrolment)
+    assert not summary.failures, summary.failures
+    focus_ras = np.asarray(trial.focus_lps) * np.array([-1.0, -1.0, 1.0])
+    by_visit = {v["visit"]: v for v in _followups(out)}
+    assert sum(1 for c in by_visit["24h"]["comparisons"] for x in c["candidates"]
+               if x["flagged"]) == 0
+    m2 = by_visit["M2"]
+    assert m2["n_flagged"] >= 1
+    for c in m2["comparisons"]:  # vs baseline and vs 24h (each in its reference's world)
+        flagged = [x for x in c["candidates"] if x["flagged"]]
+        hits = [x for x in flagged if x["type"] == "t1_signal_decrease"]
+        assert hits, (c["reference_visit"], flagged)
+        if c["reference_visit"] == "baseline":
+            d = min(np.linalg.norm(np.asarray(x["centroid_ras_mm"]) - focus_ras) for x in hits)
+            assert d <= trial.focus_mm / 2 + 2.0, (d, hits)
+            assert len(flagged) <= 2, flagged  # the focus, and at most the bar's one
+    from mri_safety.report import finding_id
+
+    report = next((out / "reports").glob("*/ses-M2/report.html")).read_text()
+    assert "t1 signal decrease" in report
+    for c in m2["comparisons"]:
+        for x in c["candidates"]:
+            if x["flagged"]:
+                assert finding_id(c, x) in report, finding_id(c, x)
 
 
 def test_a_folder_without_dicom_is_a_failure_naming_it(tmp_path: Path) -> None:

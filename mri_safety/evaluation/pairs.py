@@ -67,7 +67,7 @@ def load_ms_pair(patient: str = "patient01", root: Path | None = None) -> Pair:
                 moving_prealigned=True)
 
 
-def _convert_dir(path: Path) -> sitk.Image:
+def convert_dir(path: Path) -> sitk.Image:
     """Convert one DICOM series directory with the project converter."""
     from mri_safety.dicom.series import load_series_dir
     from mri_safety.dicom.volume import convert_series
@@ -83,7 +83,7 @@ def _convert_dir(path: Path) -> sitk.Image:
 def load_positions_pair(a: str = "HFS", b: str = "HFP", root: Path | None = None) -> Pair:
     """Real no-change pair: one volunteer scanned in two patient positions."""
     d = root or DATA / "dicom" / "patient-positions"
-    return Pair(f"positions-{a}-{b}", _convert_dir(d / a), _convert_dir(d / b), None)
+    return Pair(f"positions-{a}-{b}", convert_dir(d / a), convert_dir(d / b), None)
 
 
 def _uniform_bright_voxels(img: sitk.Image, level_pct: float, sd_frac: float
