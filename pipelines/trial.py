@@ -518,6 +518,47 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan],
     return out
 
 
+def not_compared(rows: list[SeriesReport], pairs: list[Pair], plans: dict[str, SeriesPlan],
+                 qc: dict[str, dict[str, Any]], bvalues: dict[str, float | None] | None = None
+                 ) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """(subject, visit) -> the follow-up series of a comparable contrast that have no
+    comparison with the baseline visit, each with the reason (its baseline
+    counterpart is missing, failed to convert or is unusable by QC). Without this a
+    visit read "no candidates flagged" although, say, its FLAIR was never compared.
+    ``rows``: every series report; ``qc``: output name -> QC document. ADC series
+    (judged inside their DWI comparison) and b0 DWI references are not listed."""
+    bv = bvalues or {}
+    compared = {p.followup_name for p in pairs if p.kind == "baseline"}
+    by_subject: dict[str, list[SeriesReport]] = defaultdict(list)
+    for r in rows:
+        if r.subject and r.key in plans:
+            by_subject[r.subject].append(r)
+    out: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    for subject, srows in by_subject.items():
+        sessions = {r.session for r in srows}
+        base = "baseline" if "baseline" in sessions else min(
+            sessions, key=lambda v: min(_days(r, plans) for r in srows if r.session == v))
+        for r in srows:
+            if (r.session == base or r.status != "converted" or r.output in compared
+                    or r.contrast not in COMPARE_CONTRAST or r.contrast == "ADC"
+                    or qc.get(r.output, {}).get("verdict") == "unusable"
+                    or (r.contrast == "DWI" and bvalue_class(bv.get(r.output)) == "b0")):
+                continue
+            refs = [b for b in srows if b.session == base and b.region == r.region
+                    and b.contrast == r.contrast and b.post_contrast == r.post_contrast]
+            what = f"{r.region} {r.contrast}{' post-contrast' if r.post_contrast else ''}"
+            if not refs:
+                why = f"no {what} series at the {base} visit"
+            elif all(b.status != "converted" for b in refs):
+                why = f"the {base} {what} did not convert ({'; '.join(refs[0].errors)})"
+            else:
+                q = qc.get(next(b.output for b in refs if b.status == "converted"), {})
+                why = (f"the {base} {what} is unusable by QC "
+                       f"({'; '.join(q.get('verdict_reasons', []))})")
+            out[(subject, r.session)].append({"series": r.output, "reason": why})
+    return dict(out)
+
+
 def _partners_by_table(pairs: list[Pair], table: dict[str, tuple[str, ...]],
                        regions: tuple[str, ...] | None = None) -> dict[int, list[int]]:
     """Index of each comparison -> indices of the comparisons of the same subject,
@@ -729,8 +770,9 @@ def run_trial(
     # workers x threads = cores: registration gets the task's threads too (the
     # configured registration_threads on every worker oversubscribed the cores)
     reg_params["itk_threads"] = reg_params["registration_threads"] = threads_per_task
-    pairs = pairs_for(usable, plans,
-                      series_bvalues(usable, {n: r.path for n, r in by_name.items()}))
+    bvals = series_bvalues(usable, {n: r.path for n, r in by_name.items()})
+    pairs = pairs_for(usable, plans, bvals)
+    missing = not_compared(rows, pairs, plans, qc, bvals)
     for pair in pairs:  # ADC (dwi) / pre-contrast T1w (t1ce) of the two visits
         pair.within = within_partners(pair, usable)
     pairs = drop_partnered_adc(pairs)  # ADC judged inside the DWI comparison
@@ -878,7 +920,7 @@ def run_trial(
     sidecars = {name: json.loads((res.path / name.replace(".nii.gz", ".json")).read_text())
                 for name, res in by_name.items()}
     _write_visit_summaries(out, rows, plans, compared, summary, qc, evidence, sidecars,
-                           registered, volumes)
+                           registered, volumes, missing)
     summary.failures.extend(
         f"{r.source}: {'; '.join(r.errors)}" for r in report.series if r.status == "failed")
     summary.failures.extend(report.visit_errors)
@@ -1000,6 +1042,7 @@ def _write_visit_summaries(
     sidecars: dict[str, dict[str, Any]],
     registered: dict[tuple[str, str], str],
     volumes: list[tuple[Pair, StageResult | BaseException]] | None = None,
+    missing: dict[tuple[str, str], list[dict[str, str]]] | None = None,
 ) -> None:
     from mri_safety.qc.protocol import compare_protocol
 
@@ -1011,6 +1054,7 @@ def _write_visit_summaries(
             "subject": r.subject, "visit": r.session,
             "days_from_dosing": plans[r.key].visit.days_from_dosing,
             "series": [], "comparisons": [], "n_flagged": 0, "not_assessable": [],
+            "not_compared": (missing or {}).get((r.subject, r.session), []),
         })
         q = qc.get(r.output, {})
         if r.status != "converted" or q.get("verdict") == "unusable":
@@ -1043,7 +1087,8 @@ def _write_visit_summaries(
         _link_ventricle_margin(v)
     _track_findings(visits, out)
     for (subject, visit), v in sorted(visits.items()):
-        problems = (v["not_assessable"] or any(c.get("error") for c in v["comparisons"])
+        problems = (v["not_assessable"] or v["not_compared"]
+                    or any(c.get("error") for c in v["comparisons"])
                     or any(e.get("error") for e in v.get("volume_change", [])))
         if visit == "baseline":
             v["status"] = "baseline"

@@ -101,3 +101,23 @@ def test_subtraction_baseline_on_real_ms_pairs() -> None:
     assert total.n_lesions == 59  # expert change lesions >= 3 voxels (measured-baselines.md)
     assert 0.0 < total.sensitivity < 0.5
     assert total.fp_per_pair > 5
+
+
+def test_ms_trial_dicom_round_trip(tmp_path) -> None:
+    """``dicom_trials.ms_trial`` writes the real MS series as DICOM that the
+    project converter reads back voxel for voxel on the raw NIfTI's grid
+    (patient03: no study1 T1W, so its baseline has FLAIR and T2W only)."""
+    import SimpleITK as sitk
+
+    from mri_safety.evaluation.dicom_trials import ms_trial
+    from mri_safety.evaluation.pairs import DATA, convert_dir
+
+    need_data("longitudinal-ms", "patient03")
+    trial = ms_trial(tmp_path, "patient03")
+    assert sorted(p.name for p in (trial.dicom / "baseline").iterdir()) == ["FLAIR", "T2W"]
+    raw = sitk.ReadImage(str(DATA / "longitudinal-ms" / "patient03" / "study1_FLAIR.nii.gz"),
+                         sitk.sitkFloat32)
+    back = convert_dir(trial.dicom / "baseline" / "FLAIR")
+    assert back.GetSize() == raw.GetSize()
+    on_raw = sitk.Resample(back, raw, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0)
+    assert np.array_equal(sitk.GetArrayFromImage(on_raw), sitk.GetArrayFromImage(raw))

@@ -117,3 +117,27 @@ def test_a_folder_without_dicom_is_a_failure_naming_it(tmp_path: Path) -> None:
     assert summary.visits == {}
     assert any(str(dicom) in f and "no DICOM series found" in f for f in summary.failures), \
         summary.failures
+
+
+def test_series_without_a_usable_baseline_are_listed_as_not_compared(tmp_path: Path) -> None:
+    """Real MS patient03 (FLAIR, T2W at both studies; T1W at study2 only) as
+    baseline and M2. QC finds the real baseline FLAIR unusable (Dietrich SNR 4.5 <
+    5), so the M2 FLAIR has nothing to be compared with, and the M2 T1W has no
+    baseline T1W at all. Both are listed with the reason in the visit summary
+    and the report; before 2026-12-05 they were silently left out, and a visit
+    with nothing else flagged would have read "no candidates flagged"."""
+    from mri_safety.evaluation.dicom_trials import ms_trial
+
+    need_data("longitudinal-ms", "patient03")
+    trial = ms_trial(tmp_path, "patient03")
+    out = tmp_path / "out"
+    summary = _run(trial.dicom, out, trial.enrolment)
+    assert not summary.failures, summary.failures
+    (m2,) = _followups(out)
+    assert [c["contrast"] for c in m2["comparisons"]] == ["t2w"]
+    reasons = {Path(x["series"]).name.split("_")[-1]: x["reason"] for x in m2["not_compared"]}
+    assert set(reasons) == {"FLAIR.nii.gz", "T1w.nii.gz"}, reasons
+    assert "unusable by QC" in reasons["FLAIR.nii.gz"]
+    assert "no brain T1w series at the baseline visit" == reasons["T1w.nii.gz"]
+    report = next((out / "reports").glob("*/ses-M2/report.html")).read_text()
+    assert "Not compared with the baseline" in report and "unusable by QC" in report

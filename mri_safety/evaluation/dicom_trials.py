@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -139,4 +140,45 @@ def moved_t1_trial(root: Path) -> DicomTrial:
     pid = pydicom.dcmread(files[0], stop_before_pixels=True).PatientID
     enrol = root / "enrolment.csv"
     enrol.write_text(f"patient_id,dosing_date\n{pid},2013-07-18\n")
+    return DicomTrial(root / "dicom", enrol)
+
+
+#: longitudinal-ms file suffix -> series kind of :mod:`mri_safety.synth.dicom_writer`
+MS_KINDS = {"FLAIR": "FLAIR", "T2W": "T2w", "T1W": "T1w"}
+
+
+def ms_trial(root: Path, patient: str = "patient01") -> DicomTrial:
+    """A real longitudinal-ms patient as a trial: study1 the baseline (30 days
+    before dosing), study2 the M2 visit (day 60), every raw series there is
+    (FLAIR, T2W, T1W) written as DICOM by :func:`mri_safety.synth.dicom_writer.write_series`
+    from the raw NIfTI (integer values, so the pixels go through unchanged; the
+    header is the writer's Siemens-like one, not the scanner's). The expert
+    change mask stays in its common space: score with the provided transforms."""
+    import datetime as dt
+
+    import nibabel as nib
+
+    from mri_safety.synth.dicom_writer import PatientInfo, uid_from, write_series
+
+    src = DATA / "longitudinal-ms" / patient
+    dosing = dt.date(2024, 1, 1)
+    who = PatientInfo(f"MS{patient[-2:]}", seed=int(patient[-2:]))
+    for s, (label, day) in {"study1": ("baseline", -30), "study2": ("M2", 60)}.items():
+        study = uid_from(patient, s)
+        for n, (suffix, kind) in enumerate(MS_KINDS.items(), start=1):
+            path = src / f"{s}_{suffix}.nii.gz"
+            if not path.exists():  # patient03 has no study1 T1W
+                continue
+            img: Any = nib.load(path)  # a NIfTI image (dataobj, affine)
+            data = np.asarray(img.dataobj)
+            if not np.issubdtype(data.dtype, np.integer):
+                raise ValueError(f"{path}: expected integer voxels, got {data.dtype}")
+            write_series(data, img.affine, root / "dicom" / label / suffix, kind=kind,
+                         patient=who, study_uid=study, series_uid=uid_from(study, suffix),
+                         series_number=n, study_date=dosing + dt.timedelta(days=day),
+                         study_time="100000", accession=f"{patient}{s}", body_part="HEAD",
+                         description=f"{suffix} {s}",
+                         frame_of_reference_uid=uid_from(study, "for"), field_strength=1.5)
+    enrol = root / "enrolment.csv"
+    enrol.write_text(f"patient_id,dosing_date\n{who.tags()['PatientID']},{dosing}\n")
     return DicomTrial(root / "dicom", enrol)

@@ -161,6 +161,8 @@ def build_visit_context(
         "zero_candidates": None if is_baseline or n_flagged else ZERO_CANDIDATES,
         "not_assessable": [PurePosixPath(scrub_paths(str(x))).name
                            for x in summary.get("not_assessable", [])],
+        "not_compared": [f"{PurePosixPath(scrub_paths(str(x['series']))).name}: {x['reason']}"
+                         for x in summary.get("not_compared", [])],
         "qc_columns": [lab for _, lab in QC_COLUMNS],
         "series": series, "comparisons": comparisons, "deviations": deviations,
         "flagged": [x for x in candidates if x["flagged"]],
