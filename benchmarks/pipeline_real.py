@@ -100,6 +100,8 @@ def ms_scores(out: Path, patient: str) -> list[str]:
     rows = []
     for path in sorted((out / "visits").glob("*/ses-M2/visit_summary.json")):
         v = json.loads(path.read_text())
+        rows += [f"{patient} {Path(x['series']).name.split('_')[-1].split('.')[0]} not "
+                 f"compared: {x['reason']}" for x in v.get("not_compared", [])]
         for c in v["comparisons"]:
             # only the FLAIRs have transforms to the common space (the FLAIR comparison
             # is pooled with the T2w one, as in detect.py's FLAIR+T2w rows)
