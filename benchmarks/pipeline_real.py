@@ -105,17 +105,17 @@ def ms_scores(out: Path, patient: str) -> list[str]:
         for c in v["comparisons"]:
             # only the FLAIRs have transforms to the common space (the FLAIR comparison
             # is pooled with the T2w one, as in detect.py's FLAIR+T2w rows)
-            name = {"flair": "FLAIR"}.get(c.get("contrast", ""))
-            if c.get("reference_visit") != "baseline" or name is None or c.get("error"):
+            if (c.get("contrast") != "flair" or c.get("reference_visit") != "baseline"
+                    or c.get("error")):
                 continue
             folder = out / Path(c["manifest"]).parent  # the detect stage's outputs
             lab = sitk.ReadImage(str(folder / "candidates.nii.gz"), sitk.sitkInt32)
-            tx = sitk.ReadTransform(str(d / f"study1_{name}_to_common_space.txt"))
+            tx = sitk.ReadTransform(str(d / "study1_FLAIR_to_common_space.txt"))
             common = np.transpose(sitk.GetArrayFromImage(sitk.Resample(
                 lab, grid, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)), (2, 1, 0))
             ids = [x["id"] for x in c["candidates"] if x["flagged"]]
             sc = score_pair(np.where(np.isin(common, ids), common, 0), gt)
-            rows.append(f"{patient} {name}: {sc.n_found} of {sc.n_lesions} expert lesions, "
+            rows.append(f"{patient} FLAIR: {sc.n_found} of {sc.n_lesions} expert lesions, "
                         f"{sc.n_false_positives} flagged false positive(s)")
     return rows
 
@@ -156,8 +156,7 @@ def main() -> None:
         "\n\n`python benchmarks/pipeline_real.py` (docstring: how the trials are "
         "built); LocalCluster with 2 workers on 2 shared cores. Nothing is new in the "
         "positions and 3D T1 trials, so every flagged candidate there is a false positive "
-        "(issue 5 bar: <= 1 per "
-        "comparison).\n")
+        "(issue 5 bar: <= 1 per comparison).\n")
     print(body)
     if a.write:
         write_section("Pipeline on real DICOM", body)

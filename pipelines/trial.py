@@ -468,6 +468,14 @@ def _days(row: SeriesReport, plans: dict[str, SeriesPlan]) -> int:
     return d if d is not None else 0
 
 
+def _visit_order(srows: list[SeriesReport], plans: dict[str, SeriesPlan]
+                 ) -> tuple[list[str], str]:
+    """One subject's visits in time order and the one its follow-ups are compared
+    with: ``baseline`` when there is one, else the first."""
+    order = [v for _, v in sorted({(_days(r, plans), r.session) for r in srows})]
+    return order, "baseline" if "baseline" in order else order[0]
+
+
 def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan],
               bvalues: dict[str, float | None] | None = None) -> list[Pair]:
     """Comparisons to run: each converted follow-up series against the
@@ -487,9 +495,7 @@ def pairs_for(rows: list[SeriesReport], plans: dict[str, SeriesPlan],
             by_subject[r.subject].append(r)
     out: list[Pair] = []
     for subject, srows in by_subject.items():
-        visits = sorted({(_days(r, plans), r.session) for r in srows})
-        order = [v for _, v in visits]
-        base = "baseline" if "baseline" in order else order[0]
+        order, base = _visit_order(srows, plans)
 
         def match(visit: str, like: SeriesReport,
                   srows: list[SeriesReport] = srows) -> SeriesReport | None:
@@ -531,13 +537,11 @@ def not_compared(rows: list[SeriesReport], pairs: list[Pair], plans: dict[str, S
     compared = {p.followup_name for p in pairs if p.kind == "baseline"}
     by_subject: dict[str, list[SeriesReport]] = defaultdict(list)
     for r in rows:
-        if r.subject and r.key in plans:
+        if r.subject:
             by_subject[r.subject].append(r)
     out: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for subject, srows in by_subject.items():
-        sessions = {r.session for r in srows}
-        base = "baseline" if "baseline" in sessions else min(
-            sessions, key=lambda v: min(_days(r, plans) for r in srows if r.session == v))
+        _, base = _visit_order(srows, plans)
         for r in srows:
             if (r.session == base or r.status != "converted" or r.output in compared
                     or r.contrast not in COMPARE_CONTRAST or r.contrast == "ADC"

@@ -319,8 +319,7 @@ def iter_candidate_files(root: Path) -> Iterator[Path]:
             dirnames[:] = []
             continue
         walked.add(real)
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) not in walked)
+        dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if p in seen or not p.is_file():

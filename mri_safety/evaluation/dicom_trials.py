@@ -93,21 +93,19 @@ def positions_trial(root: Path, focus: tuple[float, float] | None = None,
     src = DATA / "dicom" / "patient-positions"
     dicom = root / "dicom"
     dicom.mkdir(parents=True)
-    labels = dict(POSITIONS)
     focus_lps: tuple[float, float, float] | None = None
-    for name in labels:
-        if focus is None or labels[name] != "M2":
-            (dicom / name).symlink_to(src / name, target_is_directory=True)
-    overrides = [f"{_study_uid(src / n)}={lab}" for n, lab in labels.items()
-                 if focus is None or lab != "M2"]
+    linked = {n: lab for n, lab in POSITIONS.items() if focus is None or lab != "M2"}
+    for name in linked:
+        (dicom / name).symlink_to(src / name, target_is_directory=True)
+    overrides = [f"{_study_uid(src / n)}={lab}" for n, lab in linked.items()]
     if focus is not None:
         from mri_safety.change.compare import covered_region, register_pair
         from mri_safety.evaluation.pairs import convert_dir, deep_white_matter_points, put_foci
 
-        name = next(n for n, lab in labels.items() if lab == "M2")
+        name = next(n for n, lab in POSITIONS.items() if lab == "M2")
         files = _series_files(src / name)
         moving = _read(files)
-        base_name = next(n for n, lab in labels.items() if lab == "baseline")
+        base_name = next(n for n, lab in POSITIONS.items() if lab == "baseline")
         fixed = convert_dir(src / base_name)  # the baseline as the pipeline converts it
         rp = register_pair(fixed, moving, threads=1, seed=seed, contrast="t1w")
         both = rp.brain & covered_region(rp.followup, rp.baseline, rp.transform)
