@@ -113,13 +113,15 @@ def zero_fill_mask(image: NDArray[np.floating]) -> NDArray[np.bool_]:
 
 def air_mask(image: NDArray[np.floating], head: NDArray[np.bool_],
              zooms: tuple[float, float, float], params: MetricParams | None = None,
-             face_mask: NDArray[np.bool_] | None = None) -> tuple[NDArray[np.bool_], bool, str]:
+             face_mask: NDArray[np.bool_] | None = None,
+             zero_fill: NDArray[np.bool_] | None = None) -> tuple[NDArray[np.bool_], bool, str]:
     """Air background and whether it is usable: ``(mask, applicable, reason)``
-    (rule in the module docstring; margins in world mm via ``zooms``)."""
+    (rule in the module docstring; margins in world mm via ``zooms``).
+    ``zero_fill``: :func:`zero_fill_mask` of ``image`` if already computed."""
     p = params or MetricParams()
     img = np.asarray(image)
     air = ~within_mm(np.asarray(head, bool), p.air_margin_mm, zooms)
-    zf = zero_fill_mask(img)
+    zf = zero_fill_mask(img) if zero_fill is None else np.asarray(zero_fill, dtype=bool)
     if zf.any():
         air &= ~within_mm(zf, p.zero_fill_margin_mm, zooms)
     if face_mask is not None:
@@ -221,8 +223,10 @@ def assess_image(
     zooms = (float(zooms[0]), float(zooms[1]), float(zooms[2]))
     notes: list[str] = []
     hd = head_mask(img) if head is None else np.asarray(head, dtype=bool)
+    # exact-zero padding / defacing: left out of the air (below) and of EFC
+    frame = zero_fill_mask(img)
     if air is None:
-        am, air_ok, air_reason = air_mask(img, hd, zooms, p, face_mask)
+        am, air_ok, air_reason = air_mask(img, hd, zooms, p, face_mask, zero_fill=frame)
     else:
         am = np.asarray(air, dtype=bool)
         air_ok = int(am.sum()) >= p.air_min_voxels
@@ -253,7 +257,6 @@ def assess_image(
         v["cnr"] = MetricValue(m.cnr(mu_w, mu_g, sd_w, sd_g, 0.0),
                                "no air: tissue-only CNR (air term omitted)")
     v["cjv"] = MetricValue(m.cjv(mu_w, mu_g, sd_w, sd_g))
-    frame = zero_fill_mask(img)
     v["efc"] = MetricValue(m.efc(img[~frame]))
     if air_ok:
         f = m.fber(float(np.median(img[hd] ** 2)), float(np.median(img[am] ** 2)))
