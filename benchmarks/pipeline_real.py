@@ -93,6 +93,7 @@ def ms_scores(out: Path, patient: str) -> list[str]:
     that contrast, as ``benchmarks/detect.py`` scores ``mri-safety compare``."""
     import numpy as np
     import SimpleITK as sitk
+    from detect import _to_common  # the label map to gt's common space, as detect.py
 
     d = DATA / "longitudinal-ms" / patient
     grid = sitk.ReadImage(str(d / "brainmask_common_space.nii.gz"))
@@ -111,8 +112,8 @@ def ms_scores(out: Path, patient: str) -> list[str]:
             folder = out / Path(c["manifest"]).parent  # the detect stage's outputs
             lab = sitk.ReadImage(str(folder / "candidates.nii.gz"), sitk.sitkInt32)
             tx = sitk.ReadTransform(str(d / "study1_FLAIR_to_common_space.txt"))
-            common = np.transpose(sitk.GetArrayFromImage(sitk.Resample(
-                lab, grid, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)), (2, 1, 0))
+            common = _to_common(np.transpose(sitk.GetArrayFromImage(lab), (2, 1, 0)), lab,
+                                grid, tx)
             ids = [x["id"] for x in c["candidates"] if x["flagged"]]
             sc = score_pair(np.where(np.isin(common, ids), common, 0), gt)
             rows.append(f"{patient} FLAIR: {sc.n_found} of {sc.n_lesions} expert lesions, "

@@ -27,11 +27,6 @@ pytestmark = pytest.mark.slow
 SECRET = b"real-pipeline-test-secret-012345"
 
 
-@pytest.fixture(autouse=True)
-def _data() -> None:
-    need_data("dicom", "patient-positions")
-
-
 def _run(dicom: Path, out: Path, enrolment: Path | None):
     from distributed import Client
 
@@ -50,6 +45,7 @@ def _followups(out: Path) -> list[dict[str, Any]]:
 
 
 def test_real_dicom_trial_through_links(tmp_path: Path) -> None:
+    need_data("dicom", "patient-positions")
     trial = positions_trial(tmp_path)
     (trial.dicom / "up").symlink_to(trial.dicom, target_is_directory=True)  # a loop
     out = tmp_path / "out"
@@ -79,6 +75,7 @@ def test_real_dicom_trial_with_a_new_focus_is_flagged_where_it_was_put(tmp_path:
     has nothing flagged; the M2 report names each flagged finding. (Looked at on
     2026-12-05: the montages show the dark sphere at the crosshair, in the left
     deep grey/white matter, 16 z below the reference.)"""
+    need_data("dicom", "patient-positions")
     trial = positions_trial(tmp_path, focus=(10.0, 0.6))
     assert trial.focus_lps is not None
     out = tmp_path / "out"
