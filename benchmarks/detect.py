@@ -108,13 +108,22 @@ def ms_pair(p: str, with_t2: bool = False) -> dict[str, Any]:
             "res": res.parameters["resolution"]["effective_resolution_mm"]}
 
 
-def expert_lesion_change(min_voxels: int = 3) -> tuple[int, int, int]:
+def expert_lesion_change(min_voxels: int = 3, local: bool = False) -> tuple[int, int, int]:
     """How the expert change lesions differ on FLAIR, independent of our method:
     both raw FLAIRs into the common space with the provided transforms, each
     divided by its median in the provided brain mask; per lesion (26-connected,
     >= ``min_voxels``) the mean follow-up minus baseline. Returns the numbers of
-    lesions brighter by > 0.05, within +-0.05, darker by > 0.05."""
+    lesions brighter by > 0.05, within +-0.05, darker by > 0.05.
+
+    ``local``: each FLAIR N4-corrected first (bias fitted in the brain mask), and
+    each visit's lesion mean taken relative to the median of the tissue within
+    3 mm around the lesion (brain, off every expert lesion grown by one voxel), as
+    a reader compares a lesion with the tissue beside it: the change of that
+    local contrast, against the same 5 % limits."""
     from scipy import ndimage as ndi
+
+    from mri_safety.change.masks import dilate_mm
+    from mri_safety.preprocess.bias import n4_correct
 
     counts = [0, 0, 0]
     for p in ("patient01", "patient03"):
@@ -125,16 +134,25 @@ def expert_lesion_change(min_voxels: int = 3) -> tuple[int, int, int]:
         for st in ("study1", "study2"):
             im = sitk.ReadImage(str(d / f"{st}_FLAIR.nii.gz"), sitk.sitkFloat32)
             t = sitk.ReadTransform(str(d / f"{st}_FLAIR_to_common_space.txt"))
-            a = sitk.GetArrayFromImage(sitk.Resample(im, grid, t, sitk.sitkLinear, 0.0,
-                                                     sitk.sitkFloat32))
+            r = sitk.Resample(im, grid, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            if local:
+                r = n4_correct(r, sitk.Cast(grid > 0, sitk.sitkUInt8))[0]
+            a = sitk.GetArrayFromImage(r)
             ims.append(a / float(np.median(a[brain])))
         gt = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "gt.nii.gz"))) > 0
+        sp = tuple(float(v) for v in grid.GetSpacing()[::-1])  # array order [k, j, i]
+        off = brain & ~ndi.binary_dilation(gt, np.ones((3, 3, 3), bool))
         lab, n = ndi.label(gt, np.ones((3, 3, 3), bool))
         for i in range(1, n + 1):
             m = lab == i
             if m.sum() < min_voxels:
                 continue
-            diff = float((ims[1][m] - ims[0][m]).mean())
+            if local:
+                ring = dilate_mm(m, 3.0, sp) & off
+                b, f = (float(x[m].mean() / np.median(x[ring])) for x in ims)
+            else:
+                b, f = float(ims[0][m].mean()), float(ims[1][m].mean())
+            diff = f - b
             counts[0 if diff > 0.05 else (2 if diff < -0.05 else 1)] += 1
     return counts[0], counts[1], counts[2]
 
@@ -255,13 +273,18 @@ def main() -> None:
         out.append(f"| both | {label} | {n_les} | {n_found} | {n_found / max(n_les, 1):.2f} | "
                    f"{n_fp / 2:.1f} per pair | | | | | |")
     n_inc, n_flat, n_dec = expert_lesion_change()
+    l_inc, l_flat, l_dec = expert_lesion_change(local=True)
     out.append(f"\nWhat the expert change lesions look like on FLAIR (independent of our method: "
                f"both raw FLAIRs brought into the common space with the PROVIDED transforms, "
                f"each divided by its brain median, mean change inside each lesion): "
                f"{n_inc} of {n_inc + n_flat + n_dec} brighter at follow-up by more than 5 % of "
-               f"the brain median, {n_flat} within +-5 %, {n_dec} darker by more than 5 %. A "
-               f"detector of new FLAIR hyperintensity can at best find the first group "
-               f"(sensitivity {n_inc / max(1, n_inc + n_flat + n_dec):.2f}).\n")
+               f"the brain median, {n_flat} within +-5 %, {n_dec} darker by more than 5 %. "
+               f"With each FLAIR N4-corrected and each lesion measured against the tissue "
+               f"within 3 mm around it (its local contrast): {l_inc} brighter by more than "
+               f"5 %, {l_flat} within +-5 %, {l_dec} darker. A detector of new FLAIR "
+               f"hyperintensity can at best find the brighter group (sensitivity "
+               f"{n_inc / max(1, n_inc + n_flat + n_dec):.2f}, or "
+               f"{l_inc / max(1, l_inc + l_flat + l_dec):.2f} by local contrast).\n")
     out.append("FROC (pooled over both pairs; FP per pair; candidates ranked by evidence z; "
                "'both signs' = also signal decreases, FLAIR alone; plain = "
                "evaluation.subtraction, z > 3, >= 3 voxels, ranked by peak z):\n")
