@@ -242,3 +242,22 @@ def test_default_config_loads_and_bad_keys_name_the_file(tmp_path: Path) -> None
     bad.write_text("metrics:\n  air_margin_mm: -1\n")
     with pytest.raises(QCConfigError, match="air_margin_mm"):
         load_qc_config(bad)
+
+
+def test_efc_from_sums_of_pieces_equals_efc_of_the_whole() -> None:
+    """The QC stage sums EFC's terms slab by slab (no whole-image float64 copy):
+    the value must be the one of the definition on all voxels outside the frame."""
+    from mri_safety.qc.assess import _efc_sums, zero_fill_mask
+
+    img, _, _, _ = _phantom(sigma=3.0, ghost=0.05)
+    img = np.abs(img)
+    img[:, :, :4] = 0.0  # zero-filled frame, left out
+    frame = zero_fill_mask(img)
+    whole = m.efc(img[~frame])
+    assert m.efc_from_sums(*_efc_sums(img, frame, slab=5)) == pytest.approx(whole, rel=1e-12)
+    # by the definition, written out directly
+    x = img[~frame].ravel()
+    r = x / np.sqrt((x ** 2).sum())
+    n = x.size
+    e = -(r[r > 0] * np.log(r[r > 0])).sum()
+    assert whole == pytest.approx(e / (-n / np.sqrt(n) * np.log(1 / np.sqrt(n))), rel=1e-12)

@@ -83,18 +83,33 @@ def efc(values: NDArray[np.floating]) -> float:
     ``E = -sum (x_j / B_max) ln(x_j / B_max)`` and
     ``E_max = -N (1 / sqrt(N)) ln(1 / sqrt(N))`` (all energy spread evenly):
     ``EFC = E / E_max`` in [0, 1]. Ghosting, blurring and background noise
-    spread energy and raise it. Lower is better.
+    spread energy and raise it. Lower is better. See :func:`efc_sums` and
+    :func:`efc_from_sums` for the same value from sums taken in pieces.
+
+    >>> round(efc(np.full(1000, 7.0)), 6)  # energy spread evenly
+    1.0
     """
+    return efc_from_sums(*efc_sums(values))
+
+
+def efc_sums(values: NDArray[np.floating]) -> tuple[int, float, float, float]:
+    """``(N, sum |x|, sum x^2, sum |x| ln |x|)`` of ``values`` (0 ln 0 = 0), float64
+    sums; add the tuples of disjoint pieces to get those of their union."""
     x = np.abs(np.asarray(values, dtype=np.float64).ravel())
-    n = x.size
-    b_max = math.sqrt(float(np.dot(x, x)))
+    log_x = np.log(x, out=np.zeros_like(x), where=x > 0)
+    return int(x.size), float(x.sum()), float(np.dot(x, x)), float(np.dot(x, log_x))
+
+
+def efc_from_sums(n: int, sum_x: float, sum_x2: float, sum_xlnx: float) -> float:
+    """:func:`efc` from the sums of :func:`efc_sums`:
+    ``E = -(sum x ln x - ln(B_max) sum x) / B_max`` with ``B_max = sqrt(sum x^2)``
+    (the definition's ``sum r ln r``, ``r = x / B_max``, expanded), so the image
+    need not be held as one float64 copy (a 0.7 mm 3D head: 320 MB each)."""
+    b_max = math.sqrt(sum_x2)
     if n < 2 or b_max == 0:
         return math.nan
     e_max = n * (1.0 / math.sqrt(n)) * math.log(1.0 / math.sqrt(n))
-    # sum r ln r with r = x / B_max, as (sum x ln x - ln B_max sum x) / B_max (0 ln 0 = 0):
-    # one temporary instead of four (a 0.7 mm 3D head: 320 MB each in float64)
-    log_x = np.log(x, out=np.zeros_like(x), where=x > 0)
-    e = (float(np.dot(x, log_x)) - math.log(b_max) * float(x.sum())) / b_max
+    e = (sum_xlnx - math.log(b_max) * sum_x) / b_max
     return float(e / e_max)
 
 
