@@ -235,21 +235,30 @@ def test_review_threshold_change_reruns_only_detection(trial, first, tmp_path):
 
 def test_detect_stage_equals_compare_command(first, tmp_path):
     """The register + detect stages write what ``mri-safety compare`` writes
-    (docs/detection.md "Outputs") for the same pair, byte for byte."""
+    (docs/detection.md "Outputs") for the same pair, byte for byte, whatever the
+    thread count: the pipeline ran with one ITK thread per task
+    (threads_per_task=1), ``compare`` runs with two here. (Until 2026-12-06 N4
+    depended on the process's thread count and this held only with ``threads=1``.)"""
 
     from mri_safety.change.compare import compare_main
 
     out, _ = first
     doc = json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
-    comp = next(c for c in doc["comparisons"] if c["region"] == "spine")
-    # the pipeline ran with one thread per task (threads_per_task=1); ITK's
-    # registration metric differs slightly with the thread count
-    compare_main(out / "bids" / comp["baseline_name"], out / "bids" / comp["followup_name"],
-                 tmp_path / "cmp", region=comp["region"], contrast=comp["contrast"], threads=1)
-    stage_dir = (out / comp["manifest"]).parent
-    for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz",
-                 "followup_in_baseline.nii.gz"):
-        assert (tmp_path / "cmp" / name).read_bytes() == (stage_dir / name).read_bytes(), name
+    comps = [c for c in doc["comparisons"] if c.get("reference_visit") == "baseline"]
+    assert {c["region"] for c in comps} == {"brain", "spine"}
+    for comp in comps:
+        cmp = tmp_path / comp["region"]
+        compare_main(out / "bids" / comp["baseline_name"], out / "bids" / comp["followup_name"],
+                     cmp, region=comp["region"], contrast=comp["contrast"], threads=2)
+        stage_dir = (out / comp["manifest"]).parent
+        for name in ("candidates.nii.gz", "zmap.nii.gz", "followup_in_baseline.nii.gz"):
+            assert (cmp / name).read_bytes() == (stage_dir / name).read_bytes(), \
+                (comp["region"], name)
+        # candidates.json records the thread count it ran with; all else is identical
+        got, ref = (json.loads((d / "candidates.json").read_text()) for d in (cmp, stage_dir))
+        assert (got["parameters"].pop("registration_threads"),
+                ref["parameters"].pop("registration_threads")) == (2, 1)
+        assert got == ref, comp["region"]
 
 
 def test_killed_run_resumes_to_identical_outputs(trial, first, tmp_path):

@@ -279,7 +279,7 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
     base_n4 = n4_correct(base)[0] if baseline_n4 is None else baseline_n4
     fu_n4 = n4_correct(fu)[0] if followup_n4 is None else followup_n4
     if region == "spine":  # no brain mask: the canal is the region (brain / masks unused)
-        return _register_spine_pair(base, fu, base_n4, fu_n4, contrast, threads)
+        return _register_spine_pair(base, fu, base_n4, fu_n4, contrast)
     mask_method = "given"
     to_mni = None
     if masks is None and brain is None:
@@ -313,14 +313,20 @@ def register_pair(baseline: sitk.Image, followup: sitk.Image, *, threads: int, s
 #: focus), fine enough for the cervical curvature of a different neck bend
 SPINE_MESH_MM = 20.0
 
+#: ITK threads of the spine registration, fixed (as the brain registration's
+#: ``metric_threads``): its metric sums per-thread partial results, so with the
+#: caller's thread count the z-map differed (up to 6e-6) between ``mri-safety
+#: compare --threads 2`` and the pipeline's one thread per task; on a cervical
+#: crop one thread costs 5-15 % more time (4.5-4.8 s against 4.8-5.5 s)
+SPINE_THREADS = 1
+
 
 def _register_spine_pair(base: sitk.Image, fu: sitk.Image, base_n4: sitk.Image,
-                         fu_n4: sitk.Image, contrast: str | None, threads: int
-                         ) -> RegisteredPair:
+                         fu_n4: sitk.Image, contrast: str | None) -> RegisteredPair:
     """Spine branch of :func:`register_pair`: canal of the baseline
     (:func:`mri_safety.preprocess.spine.spine_masks`), then
     :func:`mri_safety.register.spine.register_spine` (deterministic: every
-    metric-mask voxel is sampled, fixed thread count). Why not the brain's
+    metric-mask voxel is sampled, :data:`SPINE_THREADS`). Why not the brain's
     rigid step: a neck bent 20-24 deg differently left the registered cord
     0.64-0.76 NCC-similar and a cord lesion of 83 mm3 was missed; with this
     registration 0.97, found (docs/detection.md). The pair's ``brain`` and
@@ -332,7 +338,7 @@ def _register_spine_pair(base: sitk.Image, fu: sitk.Image, base_n4: sitk.Image,
                          f"{sorted(SPINE_CONTRAST)}, got {contrast!r}")
     t0 = time.perf_counter()
     canal = spine_masks(base_n4, SPINE_CONTRAST[contrast.lower()]).canal  # type: ignore[arg-type]
-    sr = register_spine(base_n4, fu_n4, canal, mesh_mm=SPINE_MESH_MM, threads=threads)
+    sr = register_spine(base_n4, fu_n4, canal, mesh_mm=SPINE_MESH_MM, threads=SPINE_THREADS)
     canal_a = arr(canal) > 0
     return RegisteredPair(
         baseline=base, followup=fu, baseline_n4=base_n4, followup_n4=fu_n4,
