@@ -210,11 +210,30 @@ def test_compare_outputs_label_map_in_baseline_space_and_determinism(tmp_path: P
 
 
 def test_compare_bad_input_names_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
     missing = tmp_path / "nope.nii.gz"
     with pytest.raises(ValueError, match="nope.nii.gz"):
         compare_main(missing, missing, tmp_path / "o", "brain", "flair", None)
     with pytest.raises(ValueError, match="detection config"):
         load_params(tmp_path / "absent.yaml")
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random((40, 40, 20)).astype(np.float32), np.eye(4)), good)
+    cases = {"blank.nii.gz": (np.zeros((40, 40, 20), np.float32), "has no signal"),
+             "slice.nii.gz": (rng.random((40, 40)).astype(np.float32), "expected a 3D image"),
+             # 4 voxels: no registration start overlaps it (a raw ITK traceback before)
+             "tiny.nii.gz": (rng.random((4, 4, 4)).astype(np.float32),
+                             "could not be compared with")}
+    for name, (a, words) in cases.items():
+        nib.save(nib.Nifti1Image(a, np.eye(4)), tmp_path / name)
+        proc = subprocess.run([sys.executable, "-m", "mri_safety.cli", "compare", str(good),
+                               str(tmp_path / name), "--out", str(tmp_path / f"o-{name}")],
+                              capture_output=True, text=True, timeout=300)
+        text = " ".join((proc.stdout + proc.stderr).split())
+        assert proc.returncode == 1, (name, text[-1500:])
+        assert name in text and words in text and "Traceback" not in text, (name, text[-1500:])
 
 
 @pytest.mark.slow

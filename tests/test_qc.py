@@ -261,3 +261,10 @@ def test_efc_from_sums_of_pieces_equals_efc_of_the_whole() -> None:
     n = x.size
     e = -(r[r > 0] * np.log(r[r > 0])).sum()
     assert whole == pytest.approx(e / (-n / np.sqrt(n) * np.log(1 / np.sqrt(n))), rel=1e-12)
+
+
+def test_blank_image_is_named_as_such() -> None:
+    """A series of zeros (a failed reconstruction) is reported as having no signal,
+    not as a k-means failure deep inside the metrics."""
+    with pytest.raises(ValueError, match="no signal"):
+        assess_image(np.zeros((20, 20, 10)), (1.0, 1.0, 1.0))

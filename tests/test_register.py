@@ -142,6 +142,24 @@ def test_known_motion_3d_and_thick_slices() -> None:
         assert p95 < 0.5, name
 
 
+def test_scanner_frames_far_apart_register_from_the_moments_start() -> None:
+    """A follow-up whose world coordinates lie 400 mm away (another scanner's or
+    table position's frame): the identity start cannot overlap, so the moments
+    start is used (before 2026-12-06 ITK's "All samples map outside moving image
+    buffer" ended the registration even though "auto" has that second start)."""
+    _, fixed, mask = brain_1mm()
+    mv3d, _, t_true = known_motion()
+    far = sitk.Image(mv3d)
+    far.SetOrigin(tuple(o + d for o, d in zip(mv3d.GetOrigin(), (400.0, 0.0, 0.0),
+                                              strict=True)))
+    res = register(fixed, far, mask)
+    assert res.init == "moments"
+    shift = sitk.TranslationTransform(3, (400.0, 0.0, 0.0))
+    true_far = sitk.CompositeTransform([shift, t_true])  # fixed -> far points
+    mean, _ = tre(res.transform, true_far, mask)
+    assert mean < 0.3, mean
+
+
 @pytest.mark.slow
 def test_thick_stack_needs_the_fixes() -> None:
     """The 2D slab case misses the bar with the old settings (whole-image gradient filter on the

@@ -890,7 +890,22 @@ def _load_native(path: Path) -> sitk.Image:
         raise ValueError(f"{p}: cannot read image ({e})") from e
     if img.GetDimension() != 3:
         raise ValueError(f"{p}: expected a 3D image, got {img.GetDimension()}D")
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(img)
+    if not mm.GetMaximum() > mm.GetMinimum():  # also NaN
+        raise ValueError(f"{p}: image has no signal (every voxel is {mm.GetMinimum():g})")
     return img
+
+
+def _itk_reason(e: RuntimeError) -> str:
+    """The one-line reason of an ITK exception (its text after ``ITK ERROR:``)."""
+    text = " ".join(str(e).split())
+    for key in ("ITK ERROR:", "sitk::ERROR:"):
+        if key in text:
+            text = text.split(key, 1)[1]
+            text = text.split("):", 1)[1] if "):" in text[:120] else text
+            break
+    return text.strip()
 
 
 def _drop_seconds(e: dict[str, Any]) -> dict[str, Any]:
@@ -1005,9 +1020,11 @@ def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain
     Bad input raises ``ValueError`` naming the file; a bad extra contrast pair
     is skipped with a warning and recorded in ``parameters.extra_contrasts``.
     ``threads``: ITK's global thread count and the registration threads
-    (results differ in the last digits with it; default: ITK's default and
-    ``registration_threads`` of configs/detection.yaml). The pipeline runs each
-    comparison with its ``threads_per_task`` and equals this with the same value.
+    (default: ITK's default and ``registration_threads`` of
+    configs/detection.yaml); the steps whose results would depend on it run
+    with their own fixed counts, so the outputs do not (only
+    ``parameters.registration_threads`` records it). The pipeline's detect stage
+    writes the same outputs.
     Returns the JSON document.
     """
     if region not in ("brain", "spine"):
@@ -1027,9 +1044,13 @@ def compare_main(baseline: Path, followup: Path, out: Path, region: str = "brain
                               "contrast": name, "error": str(e)})
     ex, within = within_visit_from_extra(contrast, ex)  # dwi + adc, t1ce + t1w (pre)
     p = load_params() if threads is None else load_params(registration_threads=threads)
-    with nullcontext() if threads is None else itk_threads(threads):
-        res = detect_pair(b, f, contrast=contrast, region=region, params=p, extra=ex,
-                          within=within)
+    try:
+        with nullcontext() if threads is None else itk_threads(threads):
+            res = detect_pair(b, f, contrast=contrast, region=region, params=p, extra=ex,
+                              within=within)
+    except RuntimeError as e:  # ITK: e.g. images that do not overlap in world space
+        raise ValueError(f"{Path(followup)} could not be compared with {Path(baseline)}: "
+                         f"{_itk_reason(e)}") from e
     inputs = {"baseline": Path(baseline).name, "baseline_sha256": _digest(Path(baseline)),
               "followup": Path(followup).name, "followup_sha256": _digest(Path(followup)),
               "extra": ex_inputs}

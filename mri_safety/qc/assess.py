@@ -221,6 +221,9 @@ def assess_image(
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 3:
         raise ValueError(f"need a 3D image, got shape {img.shape}")
+    lo, hi = float(img.min()), float(img.max())
+    if not hi > lo:  # also NaN
+        raise ValueError(f"image has no signal (every voxel is {lo:g})")
     zooms = (float(zooms[0]), float(zooms[1]), float(zooms[2]))
     notes: list[str] = []
     hd = head_mask(img) if head is None else np.asarray(head, dtype=bool)

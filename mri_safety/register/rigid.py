@@ -321,17 +321,24 @@ def _run_sitk(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | No
     iters: list[int] = []
     best: tuple[float, str, sitk.Transform] | None = None
     moving0 = _level(mv, p.level_spacing_mm[0], p.smoothing_mm[0])
+    failed: RuntimeError | None = None
     for kind in inits:
         t = starts[kind]
         reg = _method(p, 0, levels_fm[0], mm)
         reg.SetInitialTransform(t, inPlace=True)
-        with itk_threads(p.metric_threads):
-            reg.Execute(levels_f[0], moving0)
+        try:
+            with itk_threads(p.metric_threads):
+                reg.Execute(levels_f[0], moving0)
+        except RuntimeError as exc:  # e.g. no overlap from this start (frames apart)
+            failed = exc
+            continue
         val = reg.GetMetricValue()
         if best is None or val < best[0]:
             best = (val, kind, t)
             first_iters = reg.GetOptimizerIteration()
-    assert best is not None
+    if best is None:
+        assert failed is not None
+        raise failed
     metric, init_kind, current = best
     iters.append(first_iters)
     stop = ""
