@@ -11,9 +11,11 @@ the thread count beyond floating-point summation order inside ITK's
 multithreaded filters, which we remove by running it with a fixed thread count
 (``BiasParams.threads``). The filter's own ``SetNumberOfThreads`` does not reach
 the filters N4 runs inside (B-spline fitting of the field), which read ITK's
-global default: the real MS patient01 FLAIR's field differed by up to 2.5 % of
-the image between a 1- and a 2-thread process, so the whole correction runs
-under :func:`mri_safety.threads.itk_threads` (``BiasParams.threads``).
+global default: the real MS patient01 FLAIR's corrected image differed by up to
+0.026 (intensities 120-360, so ~1e-4 relative) between a 1- and a 2-thread
+process, enough to move its brain mask by some voxels, its registration and one
+candidate, so the whole correction runs under
+:func:`mri_safety.threads.itk_threads` (``BiasParams.threads``).
 """
 
 from __future__ import annotations
