@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import need_data
 
-from mri_safety.evaluation.scoring import dice, expert_lesions, froc, score_pair
+from mri_safety.evaluation.scoring import ISSUE_BINS_MM, dice, expert_lesions, froc, score_pair
 
 
 def _truth() -> np.ndarray:
@@ -48,8 +48,22 @@ def test_score_pair_known_answer() -> None:
     assert s.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     assert s.found_by_bin["0-5"] == (1, 2)  # A found, C missed
     assert s.found_by_bin["10-20"] == (1, 1)
+    lab, _ = expert_lesions(t)
+    # per lesion in label order: A and B found, C missed
+    found = [s.found[lab[x] - 1] for x in ((6, 6, 6), (25, 25, 25), (11, 31, 11))]
+    assert found == [True, True, False]
     both = s + s
     assert both.n_pairs == 2 and both.fp_per_pair == 2
+    assert both.found == s.found + s.found
+
+
+def test_score_pair_size_classes_use_the_voxel_volume() -> None:
+    """Diameters come from voxel count x voxel volume: with 0.72 x 0.72 x 3 mm voxels
+    (the MS common space) lesion A (27 voxels, 41.9 mm3) is 4.3 mm across and C
+    (3 voxels, 4.65 mm3) 2.1 mm; B (1000 voxels) 12.6 mm."""
+    s = score_pair(np.zeros_like(_truth()), _truth(), voxel_volume_mm3=0.72 * 0.72 * 3.0,
+                   size_bins_mm=ISSUE_BINS_MM)
+    assert s.found_by_bin == {"0-3": (0, 1), "3-5": (0, 1), "5-10": (0, 0), ">=10": (0, 1)}
 
 
 def test_candidate_two_voxels_away_is_false_positive() -> None:
@@ -121,3 +135,23 @@ def test_ms_trial_dicom_round_trip(tmp_path) -> None:
     assert back.GetSize() == raw.GetSize()
     on_raw = sitk.Resample(back, raw, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0)
     assert np.array_equal(sitk.GetArrayFromImage(on_raw), sitk.GetArrayFromImage(raw))
+
+
+def test_subtraction_baseline_is_deterministic_whatever_the_thread_count() -> None:
+    """The plain baseline is the FROC anchor of benchmarks/detect.py: the same pair
+    gives the same z-map in a 1- and a 3-thread process (before its registration
+    and N4 were pinned to one thread, a real no-change pair gave 72 or 73
+    candidates and z differing by up to 3e-3, even between two 2-thread runs)."""
+    need_data("dicom", "patient-positions")
+    from mri_safety.evaluation.pairs import load_positions_pair
+    from mri_safety.evaluation.subtraction import subtraction
+    from mri_safety.threads import itk_threads
+
+    pair = load_positions_pair("HFP", "HFDR")
+    runs = []
+    for n in (1, 3):
+        with itk_threads(n):
+            runs.append(subtraction(pair, z_thr=5.0, min_voxels=10))
+    assert np.array_equal(runs[0].z, runs[1].z)
+    assert np.array_equal(runs[0].candidates, runs[1].candidates)
+    assert runs[0].transform.GetParameters() == runs[1].transform.GetParameters()

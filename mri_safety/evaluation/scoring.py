@@ -17,6 +17,8 @@ from scipy import ndimage as ndi
 _S26 = np.ones((3, 3, 3), bool)
 #: Lesion size bins by equivalent-sphere diameter (mm): [lo, hi).
 SIZE_BINS_MM: tuple[tuple[float, float], ...] = ((0, 5), (5, 10), (10, 20), (20, float("inf")))
+#: The size classes of issue 5's bars (2-3, 3-5, 5-10, > 10 mm; under 2 mm as its own class).
+ISSUE_BINS_MM: tuple[tuple[float, float], ...] = ((0, 3), (3, 5), (5, 10), (10, float("inf")))
 
 
 def expert_lesions(truth: np.ndarray, min_voxels: int = 3) -> tuple[np.ndarray, int]:
@@ -50,6 +52,8 @@ class LesionScore:
     n_false_positives: int
     found_by_bin: dict[str, tuple[int, int]] = field(default_factory=dict)  # bin -> (found, n)
     n_pairs: int = 1
+    # per lesion, in the label order of :func:`expert_lesions` (pairs concatenated by ``+``)
+    found: tuple[bool, ...] = ()
 
     @property
     def sensitivity(self) -> float:
@@ -80,7 +84,7 @@ class LesionScore:
                            self.n_candidates + o.n_candidates,
                            self.n_true_candidates + o.n_true_candidates,
                            self.n_false_positives + o.n_false_positives, bins,
-                           self.n_pairs + o.n_pairs)
+                           self.n_pairs + o.n_pairs, self.found + o.found)
 
     def as_dict(self) -> dict[str, object]:
         return {"lesions": self.n_lesions, "found": self.n_found, "sensitivity": self.sensitivity,
@@ -96,8 +100,12 @@ def _bin_name(lo: float, hi: float) -> str:
 
 
 def score_pair(flagged: np.ndarray, truth: np.ndarray, voxel_volume_mm3: float = 1.0,
-               min_voxels: int = 3) -> LesionScore:
-    """Score a flagged mask (or candidate label map) against a truth change mask."""
+               min_voxels: int = 3,
+               size_bins_mm: tuple[tuple[float, float], ...] = SIZE_BINS_MM) -> LesionScore:
+    """Score a flagged mask (or candidate label map) against a truth change mask.
+
+    ``found_by_bin`` counts lesions by equivalent-sphere diameter (mm, from the
+    voxel count x ``voxel_volume_mm3``) in the classes ``size_bins_mm`` ([lo, hi) mm)."""
     lesions, n_les = expert_lesions(truth, min_voxels)
     cands, n_c = candidate_components(flagged)
     near = ndi.binary_dilation(cands > 0, structure=_S26)  # candidates grown by one voxel
@@ -112,10 +120,11 @@ def score_pair(flagged: np.ndarray, truth: np.ndarray, voxel_volume_mm3: float =
     if n_les:
         sizes = np.bincount(lesions.ravel(), minlength=n_les + 1)[1:] * voxel_volume_mm3
         diam = np.cbrt(6 * sizes / np.pi)
-        for lo, hi in SIZE_BINS_MM:
+        for lo, hi in size_bins_mm:
             sel = (diam >= lo) & (diam < hi)
             bins[_bin_name(lo, hi)] = (int(found[1:][sel].sum()), int(sel.sum()))
-    return LesionScore(n_les, int(found[1:].sum()), n_c, n_true, n_c - n_true, bins)
+    return LesionScore(n_les, int(found[1:].sum()), n_c, n_true, n_c - n_true, bins,
+                       found=tuple(bool(v) for v in found[1:]))
 
 
 def froc(score_map: np.ndarray, truth: np.ndarray, thresholds: np.ndarray | list[float],
