@@ -118,15 +118,17 @@ def test_a_folder_without_dicom_is_a_failure_naming_it(tmp_path: Path) -> None:
 
 def test_series_without_a_usable_baseline_are_listed_as_not_compared(tmp_path: Path) -> None:
     """Real MS patient03 (FLAIR, T2W at both studies; T1W at study2 only) as
-    baseline and M2. QC finds the real baseline FLAIR unusable (Dietrich SNR 4.5 <
-    5), so the M2 FLAIR has nothing to be compared with, and the M2 T1W has no
-    baseline T1W at all. Both are listed with the reason in the visit summary
-    and the report; before 2026-12-05 they were silently left out, and a visit
-    with nothing else flagged would have read "no candidates flagged"."""
+    baseline and M2, with Rician noise of 0.5 x the median added to the baseline
+    FLAIR so that QC finds it unusable: the M2 FLAIR then has nothing to be
+    compared with, and the M2 T1W has no baseline T1W at all. Both are listed with
+    the reason in the visit summary and the report; before 2026-12-05 they were
+    silently left out, and a visit with nothing else flagged would have read "no
+    candidates flagged". (Until 2026-12-06 the real baseline FLAIR itself was
+    found unusable, wrongly: docs/qc.md, "Masked backgrounds".)"""
     from mri_safety.evaluation.dicom_trials import ms_trial
 
     need_data("longitudinal-ms", "patient03")
-    trial = ms_trial(tmp_path, "patient03")
+    trial = ms_trial(tmp_path, "patient03", noise={"study1_FLAIR": 0.5})
     out = tmp_path / "out"
     summary = _run(trial.dicom, out, trial.enrolment)
     assert not summary.failures, summary.failures

@@ -268,3 +268,19 @@ def test_blank_image_is_named_as_such() -> None:
     not as a k-means failure deep inside the metrics."""
     with pytest.raises(ValueError, match="no signal"):
         assess_image(np.zeros((20, 20, 10)), (1.0, 1.0, 1.0))
+
+
+def test_masked_background_is_not_air_even_beside_dim_tissue() -> None:
+    """Real 1.5 T FLAIR exported with its background zeroed beyond ~20 mm of the
+    head (longitudinal-ms patient03 baseline): Otsu splits the head itself, so the
+    head mask misses the scalp and vertex. The band left between them and the zeros
+    is not air: before 2026-12-06 it was taken as air, Dietrich SNR read 4.5 and the
+    series was "unusable" although its tissue SNR is ~40 and experts read it."""
+    p = need_data("longitudinal-ms", "patient03", "study1_FLAIR.nii.gz")
+    from mri_safety.qc import assess_nifti
+
+    q = assess_nifti(nib.load(str(p)))
+    d = q.as_dict()
+    assert not q.air_applicable and d["snr_dietrich"] is None
+    assert d["snr_local"] > 20
+    assert qc_verdict(d).status == "usable"

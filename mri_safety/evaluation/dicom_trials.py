@@ -145,13 +145,18 @@ def moved_t1_trial(root: Path) -> DicomTrial:
 MS_KINDS = {"FLAIR": "FLAIR", "T2W": "T2w", "T1W": "T1w"}
 
 
-def ms_trial(root: Path, patient: str = "patient01") -> DicomTrial:
+def ms_trial(root: Path, patient: str = "patient01",
+             noise: dict[str, float] | None = None) -> DicomTrial:
     """A real longitudinal-ms patient as a trial: study1 the baseline (30 days
     before dosing), study2 the M2 visit (day 60), every raw series there is
     (FLAIR, T2W, T1W) written as DICOM by :func:`mri_safety.synth.dicom_writer.write_series`
     from the raw NIfTI (integer values, so the pixels go through unchanged; the
     header is the writer's Siemens-like one, not the scanner's). The expert
-    change mask stays in its common space: score with the provided transforms."""
+    change mask stays in its common space: score with the provided transforms.
+
+    ``noise``: series (``"study1_FLAIR"``) -> Rician noise SD as a fraction of the
+    series' median non-zero voxel, added before writing (seeded, rounded to
+    integers): a real series made unusable on purpose."""
     import datetime as dt
 
     import nibabel as nib
@@ -171,6 +176,12 @@ def ms_trial(root: Path, patient: str = "patient01") -> DicomTrial:
             data = np.asarray(img.dataobj)
             if not np.issubdtype(data.dtype, np.integer):
                 raise ValueError(f"{path}: expected integer voxels, got {data.dtype}")
+            if (frac := (noise or {}).get(f"{s}_{suffix}")) is not None:
+                rng = np.random.default_rng(0)
+                sd = frac * float(np.median(data[data > 0]))
+                noisy = np.hypot(data + rng.normal(0, sd, data.shape),
+                                 rng.normal(0, sd, data.shape))
+                data = np.round(np.clip(noisy, 0, np.iinfo(data.dtype).max)).astype(data.dtype)
             write_series(data, img.affine, root / "dicom" / label / suffix, kind=kind,
                          patient=who, study_uid=study, series_uid=uid_from(study, suffix),
                          series_number=n, study_date=dosing + dt.timedelta(days=day),
