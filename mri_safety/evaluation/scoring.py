@@ -17,7 +17,8 @@ from scipy import ndimage as ndi
 _S26 = np.ones((3, 3, 3), bool)
 #: Lesion size bins by equivalent-sphere diameter (mm): [lo, hi).
 SIZE_BINS_MM: tuple[tuple[float, float], ...] = ((0, 5), (5, 10), (10, 20), (20, float("inf")))
-#: The size classes of issue 5's bars (2-3, 3-5, 5-10, > 10 mm; under 2 mm as its own class).
+#: The size classes of issue 5's bars (2-3, 3-5, 5-10, > 10 mm); the first starts at 0 mm because
+#: an expert lesion of 3 voxels can be smaller than 2 mm.
 ISSUE_BINS_MM: tuple[tuple[float, float], ...] = ((0, 3), (3, 5), (5, 10), (10, float("inf")))
 
 
