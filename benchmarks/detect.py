@@ -59,9 +59,17 @@ def _to_common(labels: np.ndarray, like: sitk.Image, grid: sitk.Image,
     return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
 
 
-def ms_pair(p: str, with_t2: bool = False) -> dict[str, Any]:
+#: candidate gates lowered to follow the FROC past the review operating point
+#: (hysteresis extent and seed, lesion-likeness ratio): a sweep of the curve, not
+#: an operating point of the method; the review threshold is unchanged
+RELAXED_GATES: dict[str, float] = {"z_low": 2.5, "z_seed": 3.0, "hyper_ratio": 1.1}
+
+
+def ms_pair(p: str, with_t2: bool = False, params: DetectParams | None = None
+            ) -> dict[str, Any]:
     """Detection on one MS pair: FLAIR alone, or (``with_t2``) FLAIR with the T2W
-    pair of the same studies as an extra contrast, pooled into the z-map."""
+    pair of the same studies as an extra contrast, pooled into the z-map;
+    ``params`` instead of the run's (:data:`PARAMS`)."""
     d = MS / p
     b = sitk.ReadImage(str(d / "study1_FLAIR.nii.gz"), sitk.sitkFloat32)
     f = sitk.ReadImage(str(d / "study2_FLAIR.nii.gz"), sitk.sitkFloat32)
@@ -73,7 +81,8 @@ def ms_pair(p: str, with_t2: bool = False) -> dict[str, Any]:
     t1 = sitk.ReadTransform(str(d / "study1_FLAIR_to_common_space.txt"))
     gt = np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(d / "gt.nii.gz"))), (2, 1, 0))
     t0 = time.perf_counter()
-    res = detect_pair(b, f, contrast="flair", extra=extra, params=PARAMS)
+    res = detect_pair(b, f, contrast="flair", extra=extra,
+                      params=params if params is not None else PARAMS)
     secs = time.perf_counter() - t0
     # candidate-level score map in common space: each candidate voxel carries its evidence
     ev = np.zeros(len(res.candidates) + 1, np.float32)
@@ -357,6 +366,8 @@ def main() -> None:
     out: list[str] = []
     ms = [ms_pair(p) for p in ("patient01", "patient03")]
     ms2 = [ms_pair(p, with_t2=True) for p in ("patient01", "patient03")]
+    relaxed = (PARAMS or load_params()).model_copy(update=RELAXED_GATES)
+    ms3 = [ms_pair(p, with_t2=True, params=relaxed) for p in ("patient01", "patient03")]
     out.append("### Real MS follow-ups (longitudinal-ms, FLAIR study1 -> study2)\n")
     out.append("At the review threshold (fixed before scoring; z_review from the noise model). "
                "'FLAIR' = FLAIR pair alone; 'FLAIR+T2w' = the T2W pair of the same studies "
@@ -408,15 +419,21 @@ def main() -> None:
                f"knowing where each lesion is and its shape, most expert lesions do not stand "
                f"out of the real scan-rescan differences of this map; the optimistic null "
                f"(normal tissue only) makes these upper bounds.\n")
+    gates = ", ".join(f"{k} {v:g}" for k, v in RELAXED_GATES.items())
     out.append("FROC (pooled over both pairs; FP per pair; candidates ranked by evidence z; "
-               "'both signs' = also signal decreases, FLAIR alone; plain = "
-               "evaluation.subtraction, z > 3, >= 3 voxels, ranked by peak z):\n")
+               "'both signs' = also signal decreases, FLAIR alone; 'relaxed' = FLAIR+T2w with "
+               f"the candidate gates lowered ({gates}) to follow the curve past the review "
+               "operating point; plain = evaluation.subtraction, z > 3, >= 3 voxels, ranked "
+               "by peak z):\n")
     out.append("| threshold z | FLAIR sens | FP/pair | FLAIR+T2w sens | FP/pair | "
-               "both signs sens | FP/pair | plain sens | plain FP/pair |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+               "both signs sens | FP/pair | relaxed sens | FP/pair | plain sens | "
+               "plain FP/pair |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     pooled: dict[str, list[tuple[float, float, float]]] = {}
-    for key, rows in (("froc", ms), ("froc_t2", ms2), ("froc_both", ms), ("sub", ms)):
-        src = "froc" if key == "froc_t2" else key
+    keys = ("froc", "froc_t2", "froc_both", "froc_relaxed", "sub")
+    for key, rows in (("froc", ms), ("froc_t2", ms2), ("froc_both", ms),
+                      ("froc_relaxed", ms3), ("sub", ms)):
+        src = "froc" if key in ("froc_t2", "froc_relaxed") else key
         pts = []
         for i in range(len(rows[0][src])):
             t = rows[0][src][i][0]
@@ -425,15 +442,15 @@ def main() -> None:
             pts.append((t, fp, found / max(n_les, 1)))
         pooled[key] = pts
     for i in range(len(pooled["froc"])):
-        row = [pooled[k][i] for k in ("froc", "froc_t2", "froc_both", "sub")]
+        row = [pooled[k][i] for k in keys]
         out.append(f"| {row[0][0]:.1f} | " + " | ".join(f"{q[2]:.2f} | {q[1]:.1f}" for q in row)
                    + " |")
     out.append("\nFewest FP per pair reaching a sensitivity (inf = never reached):\n")
-    out.append("| sensitivity | FLAIR | FLAIR+T2w | both signs | plain subtraction |")
-    out.append("|---|---|---|---|---|")
-    for sv in (0.1, 0.2, 0.3, 0.4, 0.5, 0.7):
-        out.append(f"| {sv:.1f} | " + " | ".join(
-            f"{fp_at(pooled[k], sv):g}" for k in ("froc", "froc_t2", "froc_both", "sub")) + " |")
+    out.append("| sensitivity | FLAIR | FLAIR+T2w | both signs | relaxed | plain subtraction |")
+    out.append("|---|---|---|---|---|---|")
+    for sv in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7):
+        out.append(f"| {sv:.2f} | " + " | ".join(f"{fp_at(pooled[k], sv):g}" for k in keys)
+                   + " |")
     out.append(f"\nTime per MS pair: FLAIR {np.mean([r['seconds'] for r in ms]):.0f} s, "
                f"FLAIR+T2w {np.mean([r['seconds'] for r in ms2]):.0f} s, plain "
                f"subtraction {np.mean([r['sub_seconds'] for r in ms]):.0f} s (2 shared cores).\n")
