@@ -250,8 +250,8 @@ def by_size(ms: list[dict[str, Any]], ms2: list[dict[str, Any]],
              "can find):\n",
              "| size | expert lesions | brighter (ceiling) | found FLAIR | found FLAIR+T2w |",
              "|---|---|---|---|---|"]
-    for lo, hi in ISSUE_BINS_MM:
-        key = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
+    # found_by_bin keeps the order of ISSUE_BINS_MM (score_pair's size_bins_mm)
+    for (lo, hi), key in zip(ISSUE_BINS_MM, ms[0]["review"].found_by_bin, strict=True):
         n = sum(r["review"].found_by_bin[key][1] for r in ms)
         f1 = sum(r["review"].found_by_bin[key][0] for r in ms)
         f2 = sum(r["review"].found_by_bin[key][0] for r in ms2)

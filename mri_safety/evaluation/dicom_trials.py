@@ -161,6 +161,7 @@ def ms_trial(root: Path, patient: str = "patient01",
 
     import nibabel as nib
 
+    from mri_safety.synth.acquire import rician
     from mri_safety.synth.dicom_writer import PatientInfo, uid_from, write_series
 
     src = DATA / "longitudinal-ms" / patient
@@ -177,10 +178,8 @@ def ms_trial(root: Path, patient: str = "patient01",
             if not np.issubdtype(data.dtype, np.integer):
                 raise ValueError(f"{path}: expected integer voxels, got {data.dtype}")
             if (frac := (noise or {}).get(f"{s}_{suffix}")) is not None:
-                rng = np.random.default_rng(0)
                 sd = frac * float(np.median(data[data > 0]))
-                noisy = np.hypot(data + rng.normal(0, sd, data.shape),
-                                 rng.normal(0, sd, data.shape))
+                noisy = rician(data, sd, np.random.default_rng(0))
                 data = np.round(np.clip(noisy, 0, np.iinfo(data.dtype).max)).astype(data.dtype)
             write_series(data, img.affine, root / "dicom" / label / suffix, kind=kind,
                          patient=who, study_uid=study, series_uid=uid_from(study, suffix),
