@@ -921,3 +921,37 @@ def test_t1_bright_mask_keeps_vessels_and_fat_and_leaves_white_matter() -> None:
     assert t1[far].mean() < 0.05
     assert t1[vessel].all() and old[vessel].all()
     assert t1[10, 21, 24]                                   # within 2 mm of the vessel
+
+
+def test_t2w_increase_in_a_space_dark_on_flair_at_both_visits_is_fluid(tmp_path: Path
+                                                                       ) -> None:
+    """T2w pooled with the FLAIR pair of the same visits: a brighter T2w signal inside
+    the ventricles (CSF flow, partial volume), where FLAIR is dark at both visits, is
+    listed but not flagged, with its reason; without the FLAIR pair it is flagged. A new
+    lesion, bright on both contrasts, stays flagged. (Real MS visits: the T2w comparison
+    flagged cisterns, the fourth ventricle and sulci; docs/detection.md.)"""
+    rng = np.random.default_rng(21)
+    shape = (72, 80, 64)
+    t2 = _synthetic_head(shape, rng)
+    flair = _synthetic_head(shape, rng)  # ventricles 20: CSF nulled
+    vent = _centred_ellipsoid(shape, (4, 10, 5))
+    t2[vent] = 250.0  # CSF is the brightest thing on T2w
+    flow = vent & (np.indices(shape)[1] < 40)  # the front half of the ventricles
+    lesion = ndi.gaussian_filter(_ball(shape, (24, 30, 32), 3.0).astype(float), 0.7) > 0.3
+    t2_fu, flair_fu = t2.copy(), flair.copy()
+    t2_fu[flow] *= 1.5
+    t2_fu[lesion] *= 1.8
+    flair_fu[lesion] *= 1.8
+    bt, ft, bf, ff = _save_noisy(tmp_path, [("t2b", t2), ("t2f", t2_fu), ("flb", flair),
+                                            ("flf", flair_fu)], rng)
+    solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t2w", None)
+    both = compare_main(bt, ft, tmp_path / "both", "brain", "t2w", [(bf, ff, "flair")])
+
+    fluid_s = _candidate_on(solo, tmp_path / "solo", flow)
+    fluid_b = _candidate_on(both, tmp_path / "both", flow)
+    assert fluid_s["flagged"] and fluid_s["sign"] == 1
+    assert not fluid_b["flagged"] and fluid_b["sign"] == 1
+    assert any(r.startswith("dark on FLAIR at both visits") for r in fluid_b["reasons"])
+    les = _candidate_on(both, tmp_path / "both", lesion)
+    assert les["flagged"] and les["contrasts"] == ["t2w", "flair"]
+    assert not any(r.startswith("dark on FLAIR") for r in les["reasons"])

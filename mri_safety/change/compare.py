@@ -58,6 +58,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
+from mri_safety.change.fluid import FLUID_BRIGHT, fluid_at_both_visits
 from mri_safety.change.masks import MaskSet, arr, brain_mask, dilate_mm, erode_mm, img_like
 from mri_safety.change.midline import Midline, centroid_midline, find_midline
 from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, within_visit_from_extra
@@ -657,6 +658,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     extra_info: list[dict[str, Any]] = []
     extra_def: list[NDArray[np.bool_]] = []
     extra_ok: list[dict[str, Any]] = []  # info of the extras in extra_z
+    # a FLAIR pair of the same visits on the main grid (baseline, follow-up, defined)
+    fluid: tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]] | None = None
     # extra pairs, registered here (images) or already registered (pipeline)
     extra_items: list[tuple[Callable[[], RegisteredPair], str, ZPair | None]] = [
         (partial(register_pair, eb, ef, threads=p.registration_threads, seed=p.seed), name,
@@ -682,6 +685,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                                  sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             extra_z.append((name.lower(), arr(zimg)))
             extra_def.append(arr(dimg) > 0)
+            if name.lower() == "flair" and c in FLUID_BRIGHT and sctx is None:
+                # its normalised visits on the main grid: is a T2w increase in fluid?
+                fb, ff = (arr(sitk.Resample(img_like(a, eb), base, r.transform,
+                                            sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+                          for a in (ez.base, ez.fu))
+                fluid = (fb.astype(np.float32, copy=False), ff.astype(np.float32, copy=False),
+                         extra_def[-1])
             extra_ok.append({"contrast": name.lower(), "registration": ez.info["registration"],
                              "noise": ez.info["noise"]})
             extra_info.append(extra_ok[-1])
@@ -752,6 +762,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                 reportable = False
         contrasts = [c]
         reasons = [f"peak z {abs(comp.peak_z):.1f} vs review threshold {z_review:.2f}"]
+        in_fluid = (fluid_at_both_visits(*fluid, comp.voxels, p.hyper_ratio)
+                    if fluid is not None and comp.sign > 0 and not extra_axial else None)
+        if in_fluid is not None:
+            reportable = False
+            reasons.append(f"dark on FLAIR at both visits ({in_fluid[0]:.2f} and "
+                           f"{in_fluid[1]:.2f} x tissue): a fluid space (CSF flow, partial "
+                           f"volume), not new tissue")
         if sctx is not None:  # spine: compartment, level, cord / syrinx / canal type
             sd = describe(sctx, comp.voxels, comp.sign, c, zp.base, zp.fu, comp.volume_mm3,
                           p.extra_axial_min_volume_mm3)
