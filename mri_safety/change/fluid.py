@@ -42,8 +42,10 @@ def fluid_at_both_visits(flair_base: NDArray[np.floating], flair_fu: NDArray[np.
     ``flair_base`` / ``flair_fu``: the FLAIR baseline and follow-up of the same
     visits, each normalised (its tissue median = 1), on the candidate's grid;
     ``defined``: where that FLAIR pair covers the grid; ``voxels``: flat indices of
-    the candidate. Returns ``(baseline mean, follow-up mean)`` over the candidate
-    when FLAIR covers all of it and both are below ``1 / hyper_ratio``; else None.
+    the candidate. Returns ``(baseline mean, follow-up mean)`` over the part of
+    the candidate FLAIR covers, when that is at least half of it (a cistern at the
+    edge of the FLAIR's search region is still judged) and both are below
+    ``1 / hyper_ratio``; else None.
 
     >>> b = np.array([0.3, 0.4, 1.0]); f = np.array([0.5, 0.6, 1.3])
     >>> ok = np.ones(3, bool)
@@ -51,10 +53,13 @@ def fluid_at_both_visits(flair_base: NDArray[np.floating], flair_fu: NDArray[np.
     (0.35, 0.55)
     >>> fluid_at_both_visits(b, f, ok, np.array([1, 2]), 1.2) is None  # tissue turned bright
     True
+    >>> fluid_at_both_visits(b, f, np.array([True, False, False]), np.array([0, 1]), 1.2)
+    (0.3, 0.5)
     """
-    if voxels.size == 0 or not bool(np.asarray(defined).ravel()[voxels].all()):
+    covered = voxels[np.asarray(defined).ravel()[voxels]]
+    if voxels.size == 0 or 2 * covered.size < voxels.size:
         return None
-    mb = float(np.asarray(flair_base).ravel()[voxels].mean())
-    mf = float(np.asarray(flair_fu).ravel()[voxels].mean())
+    mb = float(np.asarray(flair_base).ravel()[covered].mean())
+    mf = float(np.asarray(flair_fu).ravel()[covered].mean())
     level = 1.0 / hyper_ratio
     return (round(mb, 3), round(mf, 3)) if mb < level and mf < level else None
