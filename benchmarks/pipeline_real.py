@@ -20,7 +20,9 @@ written are the moved copy and the MS series below):
   (pooled with T2w, as the pipeline does) are scored against the expert change
   mask as ``benchmarks/detect.py`` scores ``mri-safety compare`` (FLAIR pooled
   with T2w there: 3 of 13 and 4 of 46, one flagged false positive each, on
-  2026-12-05).
+  2026-12-05). Since 2026-12-06 the M2 T2w comparison (pooled with FLAIR) is
+  scored the same way, its labels taken to the common space through the
+  baseline FLAIR's transform (same session; approximate).
 
 Each runs on ``pipelines.cluster.local_cluster(n_workers=2)`` (as ``mri-safety
 run`` on this 2-core machine) on a fresh output folder: wall time, flagged
@@ -105,9 +107,12 @@ def ms_scores(out: Path, patient: str) -> list[str]:
                  f"compared: {x['reason']}" for x in v.get("not_compared", [])]
         for c in v["comparisons"]:
             # only the FLAIRs have transforms to the common space (the FLAIR comparison
-            # is pooled with the T2w one, as in detect.py's FLAIR+T2w rows)
-            if (c.get("contrast") != "flair" or c.get("reference_visit") != "baseline"
-                    or c.get("error")):
+            # is pooled with the T2w one, as in detect.py's FLAIR+T2w rows); the T2w
+            # comparison's labels go there through the baseline FLAIR's transform too:
+            # both series of one session share the scanner space (motion between them
+            # is not corrected, so its "found" is approximate)
+            if (c.get("contrast") not in ("flair", "t2w")
+                    or c.get("reference_visit") != "baseline" or c.get("error")):
                 continue
             folder = out / Path(c["manifest"]).parent  # the detect stage's outputs
             lab = sitk.ReadImage(str(folder / "candidates.nii.gz"), sitk.sitkInt32)
@@ -116,8 +121,9 @@ def ms_scores(out: Path, patient: str) -> list[str]:
                                 grid, tx)
             ids = [x["id"] for x in c["candidates"] if x["flagged"]]
             sc = score_pair(np.where(np.isin(common, ids), common, 0), gt)
-            rows.append(f"{patient} FLAIR: {sc.n_found} of {sc.n_lesions} expert lesions, "
-                        f"{sc.n_false_positives} flagged false positive(s)")
+            rows.append(f"{patient} {c['contrast'].upper().replace('W', 'w')}: {sc.n_found} of "
+                        f"{sc.n_lesions} expert lesions, {sc.n_false_positives} flagged false "
+                        f"positive(s)")
     return rows
 
 
@@ -150,8 +156,10 @@ def main() -> None:
     ms = [line for _, r in rows for line in r.get("ms", [])]
     if ms:
         out += ["", "Real MS pairs through the pipeline (flagged candidates of the M2 FLAIR "
-                "comparison with the baseline, pooled with T2w, against the expert change "
-                "mask):", ""]
+                "and T2w comparisons with the baseline, each pooled with the other, against "
+                "the expert change mask; the T2w labels reach its common space through the "
+                "baseline FLAIR's transform, the two series sharing one session's scanner "
+                "space, so their counts are approximate):", ""]
         out += [f"- {line}" for line in ms]
     body = "\n".join(out) + (
         "\n\n`python benchmarks/pipeline_real.py` (docstring: how the trials are "
