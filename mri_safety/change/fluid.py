@@ -9,10 +9,11 @@ that FLAIR does not show as lesions. A new lesion (oedema, demyelination,
 infarct, tumour) is bright on FLAIR as well as on T2w.
 
 Measured on the real longitudinal-ms visits through the pipeline (2026-12-06,
-docs/detection.md "T2w candidates in fluid spaces"): the T2w comparison, pooled
-with FLAIR, flagged 9 candidates per visit, of which 5 and 4 lay on no expert
-lesion and away from every FLAIR candidate; looked at, each was a cistern, the
-fourth ventricle or a sulcus, dark on FLAIR at both visits.
+docs/detection.md, method step 7, "T2w increases in fluid"): the T2w
+comparison, pooled with FLAIR, flagged 9 candidates per visit, of which 5 and 4
+lay on no expert lesion and away from every FLAIR candidate; looked at, each
+was CSF (sulci, cisterns, the fourth ventricle, a frontal horn, the
+interhemispheric fissure), dark on FLAIR at both visits.
 
 :func:`fluid_at_both_visits` tells such a candidate: its mean normalised FLAIR
 (tissue median = 1) is below ``1 / hyper_ratio`` (darker than normal tissue by
