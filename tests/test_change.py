@@ -356,6 +356,17 @@ def test_extra_contrast_agreement_raises_evidence(tmp_path: Path) -> None:
         (c["id"], c["evidence_z"], c["volume_mm3"]) for c in pooled["candidates"]]
 
 
+def _solo_and_with_flair(tmp: Path, contrast: str, base: np.ndarray, fu: np.ndarray,
+                         flair: np.ndarray, flair_fu: np.ndarray, rng: np.random.Generator
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``contrast`` pair compared alone (``tmp/solo``) and with the FLAIR pair of the
+    same visits as extra contrast (``tmp/both``), noise as :func:`_save_noisy`."""
+    b, f, fb, ff = _save_noisy(tmp, [("mb", base), ("mf", fu), ("flb", flair),
+                                     ("flf", flair_fu)], rng)
+    return (compare_main(b, f, tmp / "solo", "brain", contrast, None),
+            compare_main(b, f, tmp / "both", "brain", contrast, [(fb, ff, "flair")]))
+
+
 def _candidate_on(doc: dict[str, Any], out: Path, where: np.ndarray) -> dict[str, Any]:
     """The candidate of ``doc`` (``out/candidates.json``) covering most of ``where``,
     read from ``out/candidates.nii.gz``."""
@@ -382,10 +393,7 @@ def test_extra_contrast_of_the_other_family_agrees_with_the_opposite_sign(tmp_pa
     t1_fu[lesion | csf_like] *= 0.55
     flair_fu[lesion] *= 1.8
     flair_fu[csf_like] *= 0.55
-    bt, ft, bf, ff = _save_noisy(tmp_path, [("t1b", t1), ("t1f", t1_fu), ("flb", flair),
-                                            ("flf", flair_fu)], rng)
-    solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t1w", None)
-    both = compare_main(bt, ft, tmp_path / "both", "brain", "t1w", [(bf, ff, "flair")])
+    solo, both = _solo_and_with_flair(tmp_path, "t1w", t1, t1_fu, flair, flair_fu, rng)
 
     les_s, les_b = _candidate_on(solo, tmp_path / "solo", lesion), \
         _candidate_on(both, tmp_path / "both", lesion)
@@ -415,10 +423,7 @@ def test_t1w_change_without_any_t2_change_loses_evidence(tmp_path: Path) -> None
         t1_fu[m] *= 0.6
     flair_fu[foci["lesion"]] *= 1.6
     flair_fu[foci["csf_like"]] *= 0.6
-    bt, ft, bf, ff = _save_noisy(tmp_path, [("t1b", t1), ("t1f", t1_fu), ("flb", flair),
-                                            ("flf", flair_fu)], rng)
-    solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t1w", None)
-    both = compare_main(bt, ft, tmp_path / "both", "brain", "t1w", [(bf, ff, "flair")])
+    solo, both = _solo_and_with_flair(tmp_path, "t1w", t1, t1_fu, flair, flair_fu, rng)
 
     gain = {"t1_only": -1.0, "lesion": 1.0, "csf_like": 0.0}
     for name, m in foci.items():
@@ -942,10 +947,7 @@ def test_t2w_increase_in_a_space_dark_on_flair_at_both_visits_is_fluid(tmp_path:
     t2_fu[flow] *= 1.5
     t2_fu[lesion] *= 1.8
     flair_fu[lesion] *= 1.8
-    bt, ft, bf, ff = _save_noisy(tmp_path, [("t2b", t2), ("t2f", t2_fu), ("flb", flair),
-                                            ("flf", flair_fu)], rng)
-    solo = compare_main(bt, ft, tmp_path / "solo", "brain", "t2w", None)
-    both = compare_main(bt, ft, tmp_path / "both", "brain", "t2w", [(bf, ff, "flair")])
+    solo, both = _solo_and_with_flair(tmp_path, "t2w", t2, t2_fu, flair, flair_fu, rng)
 
     fluid_s = _candidate_on(solo, tmp_path / "solo", flow)
     fluid_b = _candidate_on(both, tmp_path / "both", flow)
