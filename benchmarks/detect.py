@@ -29,7 +29,12 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import add_param_overrides, params_from, write_section  # noqa: E402
 
-from mri_safety.change.compare import detect_pair  # noqa: E402
+from mri_safety.change.compare import (  # noqa: E402
+    RegisteredPair,
+    detect_pair,
+    detect_registered,
+    register_pair,
+)
 from mri_safety.change.masks import img_like  # noqa: E402
 from mri_safety.change.params import DetectParams, load_params  # noqa: E402
 from mri_safety.evaluation.pairs import (  # noqa: E402
@@ -77,24 +82,41 @@ RELAXED_LADDER: tuple[dict[str, float], ...] = (
 FROC_Z = np.round(np.arange(1.5, 12.01, 0.5), 2)
 
 
-def ms_pair(p: str, with_t2: bool = False, params: DetectParams | None = None
+def _ms_images(p: str, contrast: str) -> tuple[sitk.Image, sitk.Image]:
+    d = MS / p
+    return (sitk.ReadImage(str(d / f"study1_{contrast}.nii.gz"), sitk.sitkFloat32),
+            sitk.ReadImage(str(d / f"study2_{contrast}.nii.gz"), sitk.sitkFloat32))
+
+
+def ms_registered(p: str) -> tuple[RegisteredPair, RegisteredPair]:
+    """The FLAIR and T2W pairs of MS patient ``p``, registered as :func:`detect_pair`
+    registers them (the run's registration parameters)."""
+    prm = PARAMS or load_params()
+    (b, f), (bt, ft) = _ms_images(p, "FLAIR"), _ms_images(p, "T2W")
+    return (register_pair(b, f, threads=prm.registration_threads, seed=prm.seed,
+                          contrast="flair"),
+            register_pair(bt, ft, threads=prm.registration_threads, seed=prm.seed))
+
+
+def ms_pair(p: str, with_t2: bool = False, params: DetectParams | None = None,
+            registered: tuple[RegisteredPair, RegisteredPair] | None = None
             ) -> dict[str, Any]:
     """Detection on one MS pair: FLAIR alone, or (``with_t2``) FLAIR with the T2W
     pair of the same studies as an extra contrast, pooled into the z-map;
-    ``params`` instead of the run's (:data:`PARAMS`)."""
+    ``params`` instead of the run's (:data:`PARAMS`). ``registered``:
+    :func:`ms_registered` of ``p`` (with ``with_t2``), for runs that change only
+    the candidate gates; the same candidates as registering here."""
     d = MS / p
-    b = sitk.ReadImage(str(d / "study1_FLAIR.nii.gz"), sitk.sitkFloat32)
-    f = sitk.ReadImage(str(d / "study2_FLAIR.nii.gz"), sitk.sitkFloat32)
-    extra = None
-    if with_t2:
-        extra = [(sitk.ReadImage(str(d / "study1_T2W.nii.gz"), sitk.sitkFloat32),
-                  sitk.ReadImage(str(d / "study2_T2W.nii.gz"), sitk.sitkFloat32), "t2w")]
+    b, f = _ms_images(p, "FLAIR")
+    extra = [(*_ms_images(p, "T2W"), "t2w")] if with_t2 and registered is None else None
     grid = sitk.ReadImage(str(d / "brainmask_common_space.nii.gz"))
     t1 = sitk.ReadTransform(str(d / "study1_FLAIR_to_common_space.txt"))
     gt = np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(d / "gt.nii.gz"))), (2, 1, 0))
     t0 = time.perf_counter()
-    res = detect_pair(b, f, contrast="flair", extra=extra,
-                      params=params if params is not None else PARAMS)
+    prm = params if params is not None else PARAMS
+    res = (detect_pair(b, f, contrast="flair", extra=extra, params=prm) if registered is None
+           else detect_registered(registered[0], "flair", params=prm, started=t0,
+                                  extra_registered=[(registered[1], "t2w")]))
     secs = time.perf_counter() - t0
     # candidate-level score map in common space: each candidate voxel carries its evidence
     ev = np.zeros(len(res.candidates) + 1, np.float32)
@@ -107,11 +129,9 @@ def ms_pair(p: str, with_t2: bool = False, params: DetectParams | None = None
     at_review = score_pair(np.where(np.isin(lab_c, flagged_ids), lab_c, 0), gt,
                            voxel_volume_mm3=float(np.prod(grid.GetSpacing())),
                            size_bins_mm=ISSUE_BINS_MM)
-    thr = FROC_Z
-
     def froc(lab: np.ndarray, scores: np.ndarray) -> list[tuple[float, float, float]]:
         pts: list[tuple[float, float, float]] = []
-        for t in thr:
+        for t in FROC_Z:
             keep = np.flatnonzero(scores >= t)
             s = score_pair(np.where(np.isin(lab, keep[keep > 0]), lab, 0), gt)
             pts.append((float(t), float(s.n_false_positives), s.sensitivity))
@@ -200,7 +220,7 @@ def oracle_matched_filter(p: str, n_null: int = 400) -> list[float]:
     lesions do. One z per expert lesion in the baseline field of view."""
     from scipy import ndimage as ndi
 
-    from mri_safety.change.compare import register_pair, z_registered
+    from mri_safety.change.compare import z_registered
     from mri_safety.change.zmap import remove_low_frequency
 
     prm = PARAMS or load_params()
@@ -391,8 +411,12 @@ def main() -> None:
     ms = [ms_pair(p) for p in ("patient01", "patient03")]
     ms2 = [ms_pair(p, with_t2=True) for p in ("patient01", "patient03")]
     base_params = PARAMS or load_params()
-    ladder = [[ms_pair(p, with_t2=True, params=base_params.model_copy(update=g))
-               for p in ("patient01", "patient03")] for g in RELAXED_LADDER]
+    ladder: list[list[dict[str, Any]]] = [[] for _ in RELAXED_LADDER]
+    for p in ("patient01", "patient03"):
+        reg = ms_registered(p)  # once for every step: only the candidate gates change
+        for rows, g in zip(ladder, RELAXED_LADDER, strict=True):
+            rows.append(ms_pair(p, with_t2=True, params=base_params.model_copy(update=g),
+                                registered=reg))
     out.append("### Real MS follow-ups (longitudinal-ms, FLAIR study1 -> study2)\n")
     out.append("At the review threshold (fixed before scoring; z_review from the noise model). "
                "'FLAIR' = FLAIR pair alone; 'FLAIR+T2w' = the T2W pair of the same studies "
