@@ -46,9 +46,10 @@ from _results import write_section  # noqa: E402
 
 from mri_safety.change.compare import detect_registered, register_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
-from mri_safety.change.masks import arr, img_like  # noqa: E402
+from mri_safety.change.masks import arr  # noqa: E402
 from mri_safety.change.multicontrast import WithinVisit  # noqa: E402
 from mri_safety.change.params import load_params  # noqa: E402
+from mri_safety.evaluation.truth import truth_on_grid  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.synth.sitkutil import array_to_sitk  # noqa: E402
 
@@ -61,15 +62,6 @@ def _load(path: Path) -> sitk.Image:
     im: Any = nib.load(str(path))
     return array_to_sitk(np.asarray(im.dataobj, np.float32), im.affine)
 
-
-def _truth_on(labels: sitk.Image, ids: list[int], grid: sitk.Image) -> dict[int, np.ndarray]:
-    """Indicator of each truth id on ``grid`` (linear resampling > 0.25)."""
-    out = {}
-    lab = arr(labels)
-    for i in ids:
-        ind = img_like((lab == i).astype(np.float32), labels)
-        out[i] = arr(sitk.Resample(ind, grid, sitk.Transform(), sitk.sitkLinear, 0.0)) > 0.25
-    return out
 
 #: main series, compare contrast, partner series, expected type, truth kinds it shows
 SETUPS = (("DWI_b1000", "dwi", "ADC", "new_restricted_diffusion", ("infarct",)),
@@ -97,7 +89,7 @@ def evaluate(study: Path) -> dict[str, Any]:
             for main, contrast, partner, expect, shows in SETUPS:
                 b, f = vol_of("baseline", main), vol_of(vn, main)
                 rp = register_pair(b, f, threads=p.registration_threads, seed=p.seed)
-                truth = _truth_on(lab, [i for i in ids if kinds[i] != "ventricles"], b)
+                truth = truth_on_grid(lab, [i for i in ids if kinds[i] != "ventricles"], b)
                 pb, pf = vol_of("baseline", partner), vol_of(vn, partner)
                 within = (WithinVisit(adc_baseline=pb, adc_followup=pf) if contrast == "dwi"
                           else WithinVisit(pre_baseline=pb, pre_followup=pf))

@@ -23,7 +23,9 @@ Ventricular enlargement is judged by ``mri_safety.change.jacobian`` on the
 T1w pair. An abnormality counts as found at a visit when a flagged candidate
 of any of that visit's comparisons touches it within one voxel (the truth
 label, 0.5 mm baseline grid, is brought onto each comparison's baseline grid
-by linear resampling of its indicator, > 0.25). A flagged candidate touching
+by linear resampling of its indicator, > 0.25; an abnormality smaller than the
+gaps between voxel centres gets the voxel it fills most,
+``mri_safety.evaluation.truth``). A flagged candidate touching
 no abnormality is a false positive of its pair; one touching only the tissue
 that became CSF of enlarged ventricles is a true change counted apart (the
 ventricles are judged by the Jacobian). Candidates marked ``ventricle_margin``
@@ -58,7 +60,7 @@ from _results import add_param_overrides, params_from, write_section  # noqa: E4
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.change.jacobian import volume_change  # noqa: E402
-from mri_safety.change.masks import arr, img_like  # noqa: E402
+from mri_safety.change.masks import arr  # noqa: E402
 from mri_safety.change.multicontrast import within_visit_from_extra  # noqa: E402
 from mri_safety.change.params import DetectParams  # noqa: E402
 from mri_safety.change.region import region_of  # noqa: E402
@@ -66,6 +68,7 @@ from mri_safety.change.volume_finding import (  # noqa: E402
     explained_growth_mm3,
     link_ventricle_margin,
 )
+from mri_safety.evaluation.truth import truth_on_grid  # noqa: E402
 from mri_safety.morphometry.volumes import ventricle_mask  # noqa: E402
 from mri_safety.preprocess.bias import n4_correct  # noqa: E402
 from mri_safety.preprocess.masks import brain_masks  # noqa: E402
@@ -98,19 +101,6 @@ def _load(path: Path) -> sitk.Image:
 
     im: Any = nib.load(str(path))
     return array_to_sitk(np.asarray(im.dataobj, np.float32), im.affine)
-
-
-def _truth_on(labels: sitk.Image, ids: list[int], grid: sitk.Image,
-              to_labels: sitk.Transform | None = None) -> dict[int, np.ndarray]:
-    """Indicator of each truth id on ``grid`` (linear resampling > 0.25);
-    ``to_labels`` maps ``grid`` points to the labels' world (default identity)."""
-    out = {}
-    lab = arr(labels)
-    tx = to_labels if to_labels is not None else sitk.Transform()
-    for i in ids:
-        ind = img_like((lab == i).astype(np.float32), labels)
-        out[i] = arr(sitk.Resample(ind, grid, tx, sitk.sitkLinear, 0.0)) > 0.25
-    return out
 
 
 def _diameter_mm(labels: sitk.Image, i: int) -> float:
@@ -231,10 +221,10 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
                           if region == "brain" else [])
                 lab_img, tids = ((spine_lab, spine_ids) if region == "spine"
                                  else (brain_lab, [i for i in ids if kinds[i] != "ventricles"]))
-                truth = _truth_on(lab_img, tids, b)
+                truth = truth_on_grid(lab_img, tids, b)
                 # tissue that became CSF of enlarged ventricles: a true change, judged by the
                 # Jacobian below; a candidate there is neither a find nor a false positive
-                vent = _truth_on(brain_lab, [i for i in ids if kinds[i] == "ventricles"], b) \
+                vent = truth_on_grid(brain_lab, [i for i in ids if kinds[i] == "ventricles"], b) \
                     if region == "brain" else {}
                 for i, m in truth.items():
                     zi = float(np.abs(res.z[m]).max()) if m.any() else 0.0
@@ -290,9 +280,10 @@ def evaluate(study: Path, tag: str = "", only: set[str] | None = None,
                 res, b, sec = _detect(gt, pname, vname, kind)
                 seconds.append(sec)
                 linked = link_ventricle_margin(res.candidates, "ventricles", explained)
-                truth = _truth_on(brain_lab, [i for i in new if kinds[i] != "ventricles"], b, ptx)
-                vent = _truth_on(brain_lab, [i for i in new if kinds[i] == "ventricles"], b, ptx)
-                before = _truth_on(prev_lab, earlier, b, ptx)
+                focal = [i for i in new if kinds[i] != "ventricles"]
+                truth = truth_on_grid(brain_lab, focal, b, ptx)
+                vent = truth_on_grid(brain_lab, [i for i in new if i not in focal], b, ptx)
+                before = truth_on_grid(prev_lab, earlier, b, ptx)
                 for i, m in truth.items():
                     pbest[i] = max(pbest.get(i, 0.0),
                                    float(np.abs(res.z[m]).max()) if m.any() else 0.0)

@@ -8,6 +8,7 @@ import pytest
 from conftest import need_data
 
 from mri_safety.evaluation.scoring import ISSUE_BINS_MM, dice, expert_lesions, froc, score_pair
+from mri_safety.evaluation.truth import truth_on_grid
 
 
 def _truth() -> np.ndarray:
@@ -73,6 +74,32 @@ def test_candidate_two_voxels_away_is_false_positive() -> None:
     f[9, 6, 6] = 1  # gap of one voxel (8,6,6) between lesion and candidate
     s = score_pair(f, t)
     assert (s.n_found, s.n_false_positives) == (0, 1)
+
+
+def test_truth_on_a_coarse_grid_keeps_an_abnormality_between_slice_centres() -> None:
+    """A 3 mm ball lying between two 4 mm slice centres has no voxel by the linear
+    rule; it gets the voxel it fills most (found through a moved grid, as the
+    previous-visit comparisons map it). An 8 mm ball keeps the linear rule's voxels."""
+    import SimpleITK as sitk
+
+    fine = sitk.Image(80, 80, 80, sitk.sitkUInt8)
+    fine.SetSpacing((0.5, 0.5, 0.5))
+    k, j, i = np.mgrid[:80, :80, :80] * 0.5  # mm, [z, y, x] as SimpleITK arrays
+    small = (i - 10.25) ** 2 + (j - 20.25) ** 2 + (k - 29.75) ** 2 <= 1.5 ** 2
+    big = (i - 25.0) ** 2 + (j - 20.0) ** 2 + (k - 18.0) ** 2 <= 4.0 ** 2
+    lab = sitk.GetImageFromArray((small + 2 * big).astype(np.uint8))
+    lab.CopyInformation(fine)
+    grid = sitk.Image(20, 20, 10, sitk.sitkFloat32)
+    grid.SetSpacing((2.0, 2.0, 4.0))
+    grid.SetOrigin((1.0, 1.0, 2.0))
+    shift = sitk.TranslationTransform(3, (-1.0, -1.0, -2.0))  # grid points -> label world
+    m = truth_on_grid(lab, [1, 2], grid, shift)
+    ind = sitk.Cast(lab == 2, sitk.sitkFloat32)
+    linear = sitk.GetArrayFromImage(sitk.Resample(ind, grid, shift, sitk.sitkLinear, 0.0))
+    assert m[2].sum() > 0 and np.array_equal(m[2], linear.transpose(2, 1, 0) > 0.25)
+    # the small ball, z 28.25-31.25 mm in label world = 30.25-33.25 on the grid: between
+    # the slice centres at 30 and 34 mm; in plane at (11.25, 21.25) mm of the grid world
+    assert np.argwhere(m[1]).tolist() == [[5, 10, 7]]
 
 
 def test_froc_monotone() -> None:
