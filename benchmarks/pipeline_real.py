@@ -83,7 +83,10 @@ def run(dicom: Path, enrol: Path, out: Path) -> dict[str, Any]:
                            f"ventricles {e.get('ventricle_volume_change_pct')} %"
                            f"{' ENLARGED' if e.get('ventricular_enlargement') else ''}"
                            f"{' error ' + e['error'] if e.get('error') else ''}")
+    distinct = sum(v.get("n_flagged_abnormalities", v["n_flagged"])
+                   for v in summary.visits.values())
     return {"wall_s": wall, "visits": len(summary.visits), "flagged": summary.n_flagged,
+            "distinct": distinct,
             "failures": summary.failures, "stage_s": dict(stage_s),
             "worker_rss_mib": sorted(v / 1024 for v in rss.values()), "volumes": volumes}
 
@@ -145,14 +148,15 @@ def main() -> None:
                 r["ms"] = ms_scores(root / "out", name[3:])
             print(name, json.dumps(r, indent=1), flush=True)
             rows.append((name, r))
-    out = ["| trial | visits | wall s | flagged | failures | peak RSS per worker MiB "
-           "(bar 2048) | seconds per stage type (sum) | volume change |",
+    out = ["| trial | visits | wall s | flagged (distinct abnormalities) | failures | peak RSS "
+           "per worker MiB (bar 2048) | seconds per stage type (sum) | volume change |",
            "|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["stage_s"].items()))
         rss = ", ".join(f"{v:.0f}" for v in r["worker_rss_mib"])
-        out.append(f"| {name} | {r['visits']} | {r['wall_s']:.0f} | {r['flagged']} | "
-                   f"{len(r['failures'])} | {rss} | {stages} | {'; '.join(r['volumes'])} |")
+        out.append(f"| {name} | {r['visits']} | {r['wall_s']:.0f} | {r['flagged']} "
+                   f"({r['distinct']}) | {len(r['failures'])} | {rss} | {stages} | "
+                   f"{'; '.join(r['volumes'])} |")
     ms = [line for _, r in rows for line in r.get("ms", [])]
     if ms:
         out += ["", "Real MS pairs through the pipeline (flagged candidates of the M2 FLAIR "

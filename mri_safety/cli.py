@@ -171,10 +171,12 @@ def _run_pipeline(
         if clus is not None:
             clus.close()
     table = Table(title="visits")
-    for col in ("visit", "days from dosing", "flagged", "status"):
+    for col in ("visit", "days from dosing", "flagged", "distinct", "status"):
         table.add_column(col)
     for name, v in sorted(summary.visits.items()):
-        table.add_row(name, str(v["days_from_dosing"]), str(v["n_flagged"]), v["status"])
+        n = v["n_flagged"]
+        table.add_row(name, str(v["days_from_dosing"]), str(n),
+                      str(v.get("n_flagged_abnormalities", n)), v["status"])
     console.print(table)
     for f in summary.failures:
         console.print(f"[red]failure:[/] {f}", soft_wrap=True)

@@ -998,6 +998,54 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
                 if any(s.visit == visit for s in f.sightings))
 
 
+def _group_across_series(v: dict[str, Any], out: Path) -> None:
+    """One abnormality flagged in several series of a visit (a lesion on FLAIR
+    and T2w): :func:`mri_safety.change.grouping.group_across_series` over the
+    visit's comparisons against the same reference visit and region. Each
+    grouped candidate gets ``same_abnormality``: the other members
+    (``comparison``, ``candidate_id``, ``finding_id``); each tracked finding of
+    the visit gets ``same_abnormality`` (the others' finding ids); the visit
+    gets ``n_flagged_abnormalities``: ``n_flagged`` counting each group once."""
+    import nibabel as nib
+    import numpy as np
+
+    from mri_safety.change.grouping import SeriesCandidates, group_across_series
+
+    sets: dict[tuple[str, str], list[tuple[dict[str, Any], SeriesCandidates]]] = (
+        defaultdict(list))
+    for c in v["comparisons"]:
+        if not any(x.get("flagged") for x in c.get("candidates") or []):
+            continue
+        labels = affine = None
+        path = (out / c["manifest"]).parent / "candidates.nii.gz"
+        if path.is_file():
+            im: Any = nib.load(str(path))
+            labels, affine = np.asarray(im.dataobj), im.affine
+        key = f"{c['followup_name']} vs {c['baseline_name']}"
+        sets[(str(c.get("kind")), str(c.get("region")))].append(
+            (c, SeriesCandidates(key, c["candidates"], labels, affine)))
+    merged = 0
+    same_findings: dict[str, set[str]] = defaultdict(set)
+    for _, members in sorted(sets.items()):
+        by = {(s.key, int(x["id"])): x for _, s in members for x in s.candidates}
+        for group in group_across_series([s for _, s in members]):
+            merged += len(group) - 1
+            for k, cid in group:
+                me = by[(k, cid)]
+                me["same_abnormality"] = [
+                    {"comparison": k2, "candidate_id": c2,
+                     "finding_id": by[(k2, c2)].get("finding_id")}
+                    for k2, c2 in group if (k2, c2) != (k, cid)]
+                if me.get("finding_id"):
+                    same_findings[str(me["finding_id"])].update(
+                        str(by[m]["finding_id"]) for m in group
+                        if m != (k, cid) and by[m].get("finding_id"))
+    v["n_flagged_abnormalities"] = v["n_flagged"] - merged
+    for f in v.get("findings", []):
+        if same_findings.get(f["finding_id"]):
+            f["same_abnormality"] = sorted(same_findings[f["finding_id"]])
+
+
 def _link_ventricle_margin(v: dict[str, Any]) -> None:
     """Attach a visit's ``ventricle_margin`` brain candidates (tissue that became
     ventricular CSF) to its ventricle measurement
@@ -1090,6 +1138,8 @@ def _write_visit_summaries(
     for v in visits.values():
         _link_ventricle_margin(v)
     _track_findings(visits, out)
+    for v in visits.values():
+        _group_across_series(v, out)
     for (subject, visit), v in sorted(visits.items()):
         problems = (v["not_assessable"] or v["not_compared"]
                     or any(c.get("error") for c in v["comparisons"])
@@ -1109,4 +1159,5 @@ def _write_visit_summaries(
         (d / "visit_summary.json").write_text(json.dumps(v, indent=2, sort_keys=True))
         summary.visits[f"sub-{subject}/ses-{visit}"] = {
             "status": v["status"], "n_flagged": v["n_flagged"],
+            "n_flagged_abnormalities": v["n_flagged_abnormalities"],
             "days_from_dosing": v["days_from_dosing"]}

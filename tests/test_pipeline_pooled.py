@@ -32,6 +32,53 @@ def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
     assert extra_partners(pairs) == {0: [1], 1: [0], 3: [4], 4: [3], 5: [2], 7: [3, 4]}
 
 
+def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
+    """The visit summary names a lesion flagged by the FLAIR and the T2w comparison
+    as one abnormality; the FLAIR-only and the vs-previous candidates stay alone."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipelines.trial import _group_across_series
+
+    def comparison(contrast: str, kind: str, spacing: float, blobs: list[tuple[int, float]]
+                   ) -> dict:
+        """blobs: (candidate id, x of a 6 mm ball at y = z = 20 mm world RAS)."""
+        d = tmp_path / f"{contrast}-{kind}"
+        d.mkdir()
+        aff = np.diag([spacing, spacing, spacing, 1.0])
+        shape = (int(60 / spacing),) * 3
+        world = np.indices(shape).reshape(3, -1).T * spacing
+        lab = np.zeros(shape, np.int16)
+        cands = []
+        for cid, x in blobs:
+            lab[(np.linalg.norm(world - [x, 20, 20], axis=1) <= 3).reshape(shape)] = cid
+            cands.append({"id": cid, "flagged": True, "sign": 1, "volume_mm3": 113.0,
+                          "centroid_ras_mm": [x, 20.0, 20.0],
+                          "finding_id": f"brain-{contrast}-M2-{cid}"})
+        nib.save(nib.Nifti1Image(lab, aff), str(d / "candidates.nii.gz"))
+        (d / "manifest.json").write_text("{}")
+        return {"kind": kind, "region": "brain", "followup_name": f"M2_{contrast}",
+                "baseline_name": f"{kind}_{contrast}", "manifest": f"{d.name}/manifest.json",
+                "candidates": cands}
+
+    v = {"comparisons": [comparison("flair", "baseline", 1.0, [(1, 20.0), (2, 45.0)]),
+                         comparison("t2w", "baseline", 2.0, [(3, 21.0)]),
+                         comparison("t2w", "previous", 2.0, [(1, 20.0)])],
+         "n_flagged": 4,
+         "findings": [{"finding_id": f} for f in ("brain-flair-M2-1", "brain-flair-M2-2",
+                                                   "brain-t2w-M2-3")]}
+    _group_across_series(v, tmp_path)
+    flair, t2w, prev = (c["candidates"] for c in v["comparisons"])
+    assert flair[0]["same_abnormality"] == [
+        {"comparison": "M2_t2w vs baseline_t2w", "candidate_id": 3,
+         "finding_id": "brain-t2w-M2-3"}]
+    assert t2w[0]["same_abnormality"][0]["finding_id"] == "brain-flair-M2-1"
+    assert "same_abnormality" not in flair[1] and "same_abnormality" not in prev[0]
+    assert v["n_flagged_abnormalities"] == 3
+    assert [f.get("same_abnormality") for f in v["findings"]] == [
+        ["brain-t2w-M2-3"], None, ["brain-flair-M2-1"]]
+
+
 @pytest.mark.slow
 def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -> None:
     """Each detect stage equals ``mri-safety compare`` with the same extra contrasts:

@@ -151,6 +151,28 @@ def test_candidates_montages_and_finding_ids():
     assert "montage missing" in html  # candidate 2 has no picture: said, not hidden
 
 
+def test_one_abnormality_in_two_series_is_said_so():
+    """A lesion flagged by FLAIR and T2w (the visit summary's ``same_abnormality``,
+    pipelines.trial._group_across_series): each row names the other; the banner
+    counts candidates and distinct abnormalities."""
+    v = _visits()[2]
+    fl = {**_cand(1), "finding_id": "brain-flair-M2-1", "same_abnormality": [
+        {"comparison": "y_T2w vs x_T2w", "candidate_id": 3, "finding_id": "brain-t2w-M2-3"}]}
+    t2 = {**_cand(3), "finding_id": "brain-t2w-M2-3", "same_abnormality": [
+        {"comparison": "y_FLAIR vs x_FLAIR", "candidate_id": 1,
+         "finding_id": "brain-flair-M2-1"}]}
+    v["comparisons"] = [_comparison("M2", candidates=[fl, _cand(2)]),
+                        {**_comparison("M2", candidates=[t2]), "contrast": "t2w"}]
+    v["n_flagged"], v["n_flagged_abnormalities"] = 3, 2
+    html = render_visit_report(build_visit_context(v))
+    assert "3 candidates flagged for review: 2 distinct abnormalities" in html
+    assert "same abnormality as brain-t2w-M2-3" in html
+    assert "same abnormality as brain-flair-M2-1" in html
+    assert html.count("same abnormality as") == 2
+    v["n_flagged_abnormalities"] = 3  # nothing grouped: the banner as before
+    assert "distinct" not in render_visit_report(build_visit_context(v))
+
+
 def test_safety_rule_without_and_with_decisions(tmp_path):
     visits = _visits()
     rows = safety_rows(visits)

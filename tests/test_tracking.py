@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mri_safety.change.tracking import VisitCandidates, track_findings
@@ -66,3 +68,84 @@ def test_centroid_matching_without_label_maps_and_determinism() -> None:
         v.labels = None
     assert [x.finding_id for x in track_findings(far)] == ["M2-1", "M4-1"]
 
+
+
+# --- one abnormality in several series of a visit (mri_safety.change.grouping) ---
+
+def _series(key: str, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+            origin: tuple[float, float, float],
+            blobs: list[tuple[int, tuple[float, float, float], float, bool, int]]) -> Any:
+    """A comparison's candidates on its own grid: blobs are (id, world RAS centre mm,
+    radius mm, flagged, sign); the label map and voxel -> RAS affine come with it."""
+    from mri_safety.change.grouping import SeriesCandidates
+
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    world = np.indices(shape).reshape(3, -1).T * np.array(spacing) + np.array(origin)
+    lab = np.zeros(shape, np.int32)
+    cands = []
+    for cid, c, r, flagged, sign in blobs:
+        m = (np.linalg.norm(world - np.array(c), axis=1) <= r).reshape(shape)
+        lab[m] = cid
+        cands.append({"id": cid, "flagged": flagged, "sign": sign,
+                      "volume_mm3": float(m.sum() * np.prod(spacing)),
+                      "centroid_ras_mm": [float(v) for v in c]})
+    return SeriesCandidates(key, cands, lab, affine)
+
+
+def test_one_lesion_in_two_series_on_different_grids_is_one_group() -> None:
+    from mri_safety.change.grouping import group_across_series
+
+    # FLAIR on 1 mm voxels, T2w on 2 x 2 x 4 mm with another origin (same world)
+    flair = _series("flair", (60, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    [(1, (20.0, 20.0, 20.0), 4.0, True, 1),   # the lesion, both series
+                     (2, (40.0, 40.0, 20.0), 3.0, True, 1),   # FLAIR only
+                     (3, (20.0, 40.0, 40.0), 3.0, True, -1),  # a decrease on FLAIR ...
+                     (4, (45.0, 20.0, 40.0), 3.0, False, 1)])  # unflagged on FLAIR
+    t2w = _series("t2w", (30, 30, 15), (2.0, 2.0, 4.0), (1.0, -1.0, 2.0),
+                  [(7, (22.0, 21.0, 22.0), 5.0, True, 1),
+                   (8, (20.0, 40.0, 40.0), 5.0, True, 1),    # ... an increase on T2w
+                   (9, (45.0, 20.0, 40.0), 5.0, True, 1),
+                   (10, (40.0, 10.0, 50.0), 3.0, True, 1)])
+    assert group_across_series([flair, t2w]) == [[("flair", 1), ("t2w", 7)]]
+    # centroids alone (no label maps) give the same, and so does the other order
+    for s in (flair, t2w):
+        s.labels = s.affine = None
+    assert group_across_series([flair, t2w]) == [[("flair", 1), ("t2w", 7)]]
+    assert group_across_series([t2w, flair]) == [[("t2w", 7), ("flair", 1)]]
+
+
+def test_small_candidate_between_coarse_voxel_centres_and_three_series() -> None:
+    from mri_safety.change.grouping import group_across_series
+
+    # a 1.2 mm candidate on 0.5 mm voxels between the 4 mm slice centres (z 2, 6 mm) of
+    # a coarse candidate of one slice: no coarse voxel centre falls on it, but its
+    # voxel centres fall on the coarse label
+    fine = _series("pd", (40, 40, 40), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0),
+                   [(1, (10.0, 10.0, 4.0), 1.2, True, 1)])
+    coarse = _series("t2w", (10, 10, 3), (2.0, 2.0, 4.0), (0.0, 0.0, 2.0),
+                     [(5, (10.0, 10.0, 2.0), 1.9, True, 1)])
+    assert int((coarse.labels > 0).sum()) == 1  # one voxel, centre (10, 10, 2) mm
+    assert group_across_series([coarse, fine]) == [[("t2w", 5), ("pd", 1)]]
+    # transitive: a third series touching only the fine one joins the group
+    flair = _series("flair", (40, 40, 40), (0.5, 0.5, 0.5), (0.3, 0.0, 0.0),
+                    [(2, (11.0, 10.0, 4.0), 0.8, True, 1),
+                     (3, (11.0, 10.0, 12.0), 2.0, True, 1)])  # not on either: alone
+    assert group_across_series([flair, coarse, fine]) == [
+        [("flair", 2), ("t2w", 5), ("pd", 1)]]
+
+
+def test_one_large_candidate_over_two_of_another_series_joins_the_larger_overlap() -> None:
+    from mri_safety.change.grouping import group_across_series
+
+    # T2w sees one change where FLAIR separated two lesions: it joins the FLAIR
+    # candidate it shares most voxels with; the other FLAIR lesion stays on its own
+    flair = _series("flair", (60, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    [(1, (20.0, 30.0, 30.0), 2.5, True, 1),
+                     (2, (32.0, 30.0, 30.0), 4.0, True, 1)])
+    t2w = _series("t2w", (60, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                  [(5, (27.0, 30.0, 30.0), 8.0, True, 1)])
+    assert group_across_series([flair, t2w]) == [[("flair", 2), ("t2w", 5)]]
+    for s in (flair, t2w):  # by centroids: the nearer one
+        s.labels = s.affine = None
+    assert group_across_series([flair, t2w]) == [[("flair", 2), ("t2w", 5)]]

@@ -76,7 +76,7 @@ class Finding:
                               for s in self.sightings]}
 
 
-def _radius_mm(volume_mm3: float) -> float:
+def sphere_radius_mm(volume_mm3: float) -> float:
     """Equivalent-sphere radius (mm) of a volume (mm3)."""
     return float(np.cbrt(3.0 * max(volume_mm3, 0.0) / (4.0 * np.pi)))
 
@@ -118,7 +118,7 @@ def track_findings(visits: Sequence[VisitCandidates], *, prefix: str = "",
                     continue
                 d = float(np.linalg.norm(np.subtract(c["centroid_ras_mm"],
                                                      pc["centroid_ras_mm"])))
-                if d <= max(max_distance_mm, _radius_mm(float(pc["volume_mm3"]))):
+                if d <= max(max_distance_mm, sphere_radius_mm(float(pc["volume_mm3"]))):
                     pairs.append((d, fi, ci))
         pairs.sort()
         used_f: set[int] = set()

@@ -145,6 +145,9 @@ def build_visit_context(
                 "location": location_words(x.get("location"), with_depth=True),
                 "peak_z": _fmt(x.get("peak_z")), "score": _fmt(x.get("score")),
                 "reasons": [scrub_paths(r) for r in x.get("reasons", [])],
+                "same_as": [str(o.get("finding_id") or f"{o.get('comparison')} #"
+                                f"{o.get('candidate_id')}")
+                            for o in x.get("same_abnormality", [])],
                 "montage": src,
                 "montage_missing": bool(x.get("flagged")) and src is None,
             })
@@ -152,12 +155,13 @@ def build_visit_context(
     candidates.sort(key=lambda r: (not r["flagged"], r["comparison"], r["finding_id"]))
     is_baseline = summary.get("status") == "baseline"
     n_flagged = int(summary.get("n_flagged", 0))
+    n_distinct = int(summary.get("n_flagged_abnormalities", n_flagged))
     return {
         "title": f"sub-{summary.get('subject')} ses-{summary.get('visit')}",
         "subject": summary.get("subject"), "visit": summary.get("visit"),
         "days_from_dosing": summary.get("days_from_dosing"),
         "status": summary.get("status", ""), "is_baseline": is_baseline,
-        "n_flagged": n_flagged, "full_read": FULL_READ,
+        "n_flagged": n_flagged, "n_distinct": n_distinct, "full_read": FULL_READ,
         "zero_candidates": None if is_baseline or n_flagged else ZERO_CANDIDATES,
         "not_assessable": [PurePosixPath(scrub_paths(str(x))).name
                            for x in summary.get("not_assessable", [])],

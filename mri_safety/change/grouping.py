@@ -1,0 +1,138 @@
+"""One abnormality seen in several series of a visit: group their candidates.
+
+A new lesion is bright on FLAIR and on T2w, so the FLAIR comparison and the
+T2w comparison of the same visits each flag it: two candidates (two findings
+in :mod:`mri_safety.change.tracking`, which links across visits, one series
+at a time). :func:`group_across_series` says which flagged candidates of one
+visit's comparisons are the same abnormality, so that a reader sees one entry
+with its series listed, and a visit's count of flagged abnormalities counts
+it once.
+
+Only comparisons against the same reference visit are grouped: their
+candidates live in that visit's world (label maps on its series' grids,
+centroids in its world RAS+ mm; the series of one session share the
+scanner's frame of reference). Two flagged candidates of different series
+are the same abnormality when they have the same sign and
+
+* their label maps overlap in world space (the voxel centres of one, mapped
+  through the two voxel-to-RAS affines, fall on the other's label, either
+  way round, so a small candidate on a fine grid is not lost between the
+  centres of a coarse one), or, when a label map is missing,
+* their centroids are within ``max_distance_mm`` or the larger one's
+  equivalent-sphere radius (the rule of the tracking module).
+
+Grouping is transitive (FLAIR ~ T2w and T2w ~ PD puts all three together),
+but a group never holds two candidates of one series: the comparison already
+separated them. When a candidate of one series overlaps two of another (two
+FLAIR lesions inside one larger T2w change), it joins the one it shares most
+voxels with (else the nearest), and the other stays on its own.
+
+>>> a = SeriesCandidates("flair", [{"id": 1, "flagged": True, "sign": 1,
+...     "volume_mm3": 30.0, "centroid_ras_mm": [10.0, 0.0, 0.0]}])
+>>> b = SeriesCandidates("t2w", [{"id": 4, "flagged": True, "sign": 1,
+...     "volume_mm3": 20.0, "centroid_ras_mm": [11.5, 0.5, 0.0]},
+...     {"id": 5, "flagged": True, "sign": 1, "volume_mm3": 20.0,
+...      "centroid_ras_mm": [40.0, 0.0, 0.0]}])
+>>> group_across_series([a, b])
+[[('flair', 1), ('t2w', 4)]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mri_safety.change.tracking import sphere_radius_mm
+
+
+@dataclass
+class SeriesCandidates:
+    """The candidates of one comparison of a visit.
+
+    ``key`` names the comparison (e.g. its follow-up series). ``candidates``:
+    dicts as in ``candidates.json`` (``id``, ``flagged``, ``sign``,
+    ``volume_mm3``, ``centroid_ras_mm`` in the reference visit's world RAS+ mm).
+    ``labels``: the ``candidates.nii.gz`` array (value = candidate id) and
+    ``affine`` its voxel -> world RAS+ mm matrix, or both None.
+    """
+
+    key: str
+    candidates: list[dict[str, Any]]
+    labels: NDArray[np.integer] | None = None
+    affine: NDArray[np.floating] | None = None
+
+
+def _hits(src: SeriesCandidates, cid: int, dst: SeriesCandidates) -> dict[int, int]:
+    """Voxel centres of candidate ``cid`` of ``src`` on each label of ``dst``."""
+    assert src.labels is not None and src.affine is not None
+    assert dst.labels is not None and dst.affine is not None
+    ijk = np.argwhere(src.labels == cid)
+    if not len(ijk):
+        return {}
+    world = ijk @ src.affine[:3, :3].T + src.affine[:3, 3]
+    inv = np.linalg.inv(dst.affine)
+    to = np.rint(world @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    shape = np.array(dst.labels.shape[:3])
+    ok = np.all((to >= 0) & (to < shape), axis=1)
+    vals = dst.labels[tuple(to[ok].T)]
+    ids, n = np.unique(vals[vals > 0], return_counts=True)
+    return {int(i): int(k) for i, k in zip(ids, n, strict=True)}
+
+
+def _link(a: SeriesCandidates, ca: dict[str, Any], b: SeriesCandidates, cb: dict[str, Any],
+          max_distance_mm: float) -> float | None:
+    """How strongly two candidates are one abnormality (larger = stronger), or None:
+    shared voxel centres both ways round, or minus the centroid distance (mm)."""
+    if int(ca.get("sign", 1)) != int(cb.get("sign", 1)):
+        return None
+    if all(x.labels is not None and x.affine is not None for x in (a, b)):
+        n = (_hits(a, int(ca["id"]), b).get(int(cb["id"]), 0)
+             + _hits(b, int(cb["id"]), a).get(int(ca["id"]), 0))
+        return float(n) if n else None
+    d = float(np.linalg.norm(np.subtract(ca["centroid_ras_mm"], cb["centroid_ras_mm"])))
+    r = max(sphere_radius_mm(float(ca["volume_mm3"])),
+            sphere_radius_mm(float(cb["volume_mm3"])))
+    return -d if d <= max(max_distance_mm, r) else None
+
+
+def group_across_series(series: Sequence[SeriesCandidates], *, max_distance_mm: float = 5.0
+                        ) -> list[list[tuple[str, int]]]:
+    """Groups of two or more flagged candidates that are one abnormality (see the
+    module docstring), as ``(key, candidate id)`` lists. Pairs are joined
+    strongest link first (most shared voxels, else nearest centroids), and never
+    so that a group holds two candidates of one series. Members are sorted by the
+    order of ``series`` then candidate id; groups by their first member, so the
+    result depends only on the inputs."""
+    nodes = [(si, int(c["id"])) for si, s in enumerate(series)
+             for c in s.candidates if c.get("flagged")]
+    by = {(si, int(c["id"])): c for si, s in enumerate(series) for c in s.candidates}
+    links: list[tuple[float, tuple[int, int], tuple[int, int]]] = []
+    for x, y in combinations(nodes, 2):
+        if x[0] != y[0]:
+            w = _link(series[x[0]], by[x], series[y[0]], by[y], max_distance_mm)
+            if w is not None:
+                links.append((-w, x, y))
+    parent = {n: n for n in nodes}
+    members = {n: {n[0]} for n in nodes}  # series indices per group root
+
+    def root(n: tuple[int, int]) -> tuple[int, int]:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for _, x, y in sorted(links):
+        rx, ry = root(x), root(y)
+        if rx != ry and not members[rx] & members[ry]:
+            keep, gone = min(rx, ry), max(rx, ry)
+            parent[gone] = keep
+            members[keep] |= members.pop(gone)
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for n in nodes:
+        groups.setdefault(root(n), []).append(n)
+    return [[(series[si].key, cid) for si, cid in sorted(g)]
+            for _, g in sorted(groups.items()) if len(g) > 1]
