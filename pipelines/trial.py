@@ -998,21 +998,51 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
                 if any(s.visit == visit for s in f.sightings))
 
 
+def _ras_matrix(tfm: Path) -> Any:
+    """4 x 4 RAS+ matrix of the register stage's ``transform.tfm`` (reference ->
+    follow-up points), or None when it is missing or not affine (spine B-spline)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from mri_safety.register.transforms import LPS_FROM_RAS, affine_matrix
+
+    if not tfm.is_file():
+        return None
+    t = sitk.ReadTransform(str(tfm))
+    a, b = affine_matrix(t)
+    probe = np.array([60.0, -45.0, 35.0])
+    if np.abs(a @ probe + b - np.asarray(t.TransformPoint(probe.tolist()))).max() > 1e-3:
+        return None
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = a, b
+    return LPS_FROM_RAS @ m @ LPS_FROM_RAS
+
+
 def _group_across_series(v: dict[str, Any], out: Path) -> None:
-    """One abnormality flagged in several series of a visit (a lesion on FLAIR
-    and T2w): :func:`mri_safety.change.grouping.group_across_series` over the
-    visit's comparisons against the same reference visit and region. Each
-    grouped candidate gets ``same_abnormality``: the other members
-    (``comparison``, ``candidate_id``, ``finding_id``); each tracked finding of
-    the visit gets ``same_abnormality`` (the others' finding ids); the visit
-    gets ``n_flagged_abnormalities``: ``n_flagged`` counting each group once."""
+    """One abnormality flagged in several comparisons of a visit (a lesion on
+    FLAIR and T2w, against baseline and against the previous visit):
+    :func:`mri_safety.change.grouping.group_across_series` over the visit's
+    comparisons of one region. A "vs previous" comparison joins the "vs
+    baseline" ones through the rigid registrations of its follow-up series
+    (previous visit -> this visit -> baseline, ``transform.tfm`` of the two
+    register stages); without them (a failed or non-rigid registration) it is
+    grouped only with the other "vs previous" comparisons. Each grouped
+    candidate gets ``same_abnormality``: the other members (``comparison``,
+    ``candidate_id``, ``finding_id``); each tracked finding of the visit gets
+    ``same_abnormality`` (the others' finding ids); the visit gets
+    ``n_flagged_abnormalities``: ``n_flagged`` counting each group once."""
     import nibabel as nib
     import numpy as np
 
     from mri_safety.change.grouping import SeriesCandidates, group_across_series
 
-    sets: dict[tuple[str, str], list[tuple[dict[str, Any], SeriesCandidates]]] = (
-        defaultdict(list))
+    def transform(c: dict[str, Any]) -> Any:
+        m = c.get("register_manifest")
+        return None if not m else _ras_matrix((out / m).parent / "transform.tfm")
+
+    to_base = {c["followup_name"]: transform(c) for c in v["comparisons"]
+               if c.get("kind") == "baseline" and c.get("candidates") is not None}
+    sets: dict[tuple[str, str], list[SeriesCandidates]] = defaultdict(list)
     for c in v["comparisons"]:
         if not any(x.get("flagged") for x in c.get("candidates") or []):
             continue
@@ -1021,14 +1051,19 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
         if path.is_file():
             im: Any = nib.load(str(path))
             labels, affine = np.asarray(im.dataobj), im.affine
-        key = f"{c['followup_name']} vs {c['baseline_name']}"
-        sets[(str(c.get("kind")), str(c.get("region")))].append(
-            (c, SeriesCandidates(key, c["candidates"], labels, affine)))
+        kind, shared = str(c.get("kind")), None
+        if kind != "baseline":
+            fu_to_base, prev_to_fu = to_base.get(c["followup_name"]), transform(c)
+            if fu_to_base is not None and prev_to_fu is not None:
+                kind, shared = "baseline", np.linalg.inv(fu_to_base) @ prev_to_fu
+        sets[(kind, str(c.get("region")))].append(SeriesCandidates(
+            f"{c['followup_name']} vs {c['baseline_name']}", c["candidates"], labels, affine,
+            shared))
     merged = 0
     same_findings: dict[str, set[str]] = defaultdict(set)
     for _, members in sorted(sets.items()):
-        by = {(s.key, int(x["id"])): x for _, s in members for x in s.candidates}
-        for group in group_across_series([s for _, s in members]):
+        by = {(s.key, int(x["id"])): x for s in members for x in s.candidates}
+        for group in group_across_series(members):
             merged += len(group) - 1
             for k, cid in group:
                 me = by[(k, cid)]

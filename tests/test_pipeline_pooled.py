@@ -34,15 +34,22 @@ def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
 
 def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
     """The visit summary names a lesion flagged by the FLAIR and the T2w comparison
-    as one abnormality; the FLAIR-only and the vs-previous candidates stay alone."""
+    as one abnormality; the FLAIR-only candidate stays alone. The T2w comparison
+    with the previous visit (its own world: the head moved) joins through the
+    two registrations of its follow-up series, and stays alone without them."""
+    import copy
+
     import nibabel as nib
     import numpy as np
+    import SimpleITK as sitk
 
     from pipelines.trial import _group_across_series
 
-    def comparison(contrast: str, kind: str, spacing: float, blobs: list[tuple[int, float]]
-                   ) -> dict:
-        """blobs: (candidate id, x of a 6 mm ball at y = z = 20 mm world RAS)."""
+    def comparison(contrast: str, kind: str, spacing: float, blobs: list[tuple[int, float]],
+                   shift_lps: tuple[float, float, float] | None = None) -> dict:
+        """blobs: (candidate id, x of a 6 mm ball at y = z = 20 mm world RAS of the
+        reference visit); ``shift_lps``: the register stage's reference -> follow-up
+        translation (LPS mm)."""
         d = tmp_path / f"{contrast}-{kind}"
         d.mkdir()
         aff = np.diag([spacing, spacing, spacing, 1.0])
@@ -53,30 +60,48 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
         for cid, x in blobs:
             lab[(np.linalg.norm(world - [x, 20, 20], axis=1) <= 3).reshape(shape)] = cid
             cands.append({"id": cid, "flagged": True, "sign": 1, "volume_mm3": 113.0,
-                          "centroid_ras_mm": [x, 20.0, 20.0],
-                          "finding_id": f"brain-{contrast}-M2-{cid}"})
+                          "centroid_ras_mm": [x, 20.0, 20.0]})
+            if kind == "baseline":  # tracked (vs-previous candidates are not)
+                cands[-1]["finding_id"] = f"brain-{contrast}-M2-{cid}"
         nib.save(nib.Nifti1Image(lab, aff), str(d / "candidates.nii.gz"))
         (d / "manifest.json").write_text("{}")
+        reg = None
+        if shift_lps is not None:
+            (d / "reg").mkdir()
+            sitk.WriteTransform(sitk.TranslationTransform(3, shift_lps),
+                                str(d / "reg" / "transform.tfm"))
+            reg = f"{d.name}/reg/manifest.json"
         return {"kind": kind, "region": "brain", "followup_name": f"M2_{contrast}",
                 "baseline_name": f"{kind}_{contrast}", "manifest": f"{d.name}/manifest.json",
-                "candidates": cands}
+                "register_manifest": reg, "candidates": cands}
 
-    v = {"comparisons": [comparison("flair", "baseline", 1.0, [(1, 20.0), (2, 45.0)]),
-                         comparison("t2w", "baseline", 2.0, [(3, 21.0)]),
-                         comparison("t2w", "previous", 2.0, [(1, 20.0)])],
-         "n_flagged": 4,
-         "findings": [{"finding_id": f} for f in ("brain-flair-M2-1", "brain-flair-M2-2",
-                                                   "brain-t2w-M2-3")]}
+    # previous -> M2 moves +4 mm LPS x, baseline -> M2 -6 mm: previous x = 30 mm RAS is
+    # baseline x = 20 mm RAS, where the FLAIR and T2w lesion is
+    v0 = {"comparisons": [comparison("flair", "baseline", 1.0, [(1, 20.0), (2, 45.0)]),
+                          comparison("t2w", "baseline", 2.0, [(3, 21.0)], (-6.0, 0.0, 0.0)),
+                          comparison("t2w", "previous", 2.0, [(1, 30.0)], (4.0, 0.0, 0.0))],
+          "n_flagged": 4,
+          "findings": [{"finding_id": f} for f in ("brain-flair-M2-1", "brain-flair-M2-2",
+                                                    "brain-t2w-M2-3")]}
+    v = copy.deepcopy(v0)
     _group_across_series(v, tmp_path)
     flair, t2w, prev = (c["candidates"] for c in v["comparisons"])
     assert flair[0]["same_abnormality"] == [
         {"comparison": "M2_t2w vs baseline_t2w", "candidate_id": 3,
-         "finding_id": "brain-t2w-M2-3"}]
-    assert t2w[0]["same_abnormality"][0]["finding_id"] == "brain-flair-M2-1"
-    assert "same_abnormality" not in flair[1] and "same_abnormality" not in prev[0]
-    assert v["n_flagged_abnormalities"] == 3
+         "finding_id": "brain-t2w-M2-3"},
+        {"comparison": "M2_t2w vs previous_t2w", "candidate_id": 1, "finding_id": None}]
+    assert [o["finding_id"] for o in prev[0]["same_abnormality"]] == [
+        "brain-flair-M2-1", "brain-t2w-M2-3"]
+    assert "same_abnormality" not in flair[1]
+    assert v["n_flagged_abnormalities"] == 2
     assert [f.get("same_abnormality") for f in v["findings"]] == [
         ["brain-t2w-M2-3"], None, ["brain-flair-M2-1"]]
+    # without the previous comparison's registration its world is unknown: alone
+    v = copy.deepcopy(v0)
+    v["comparisons"][2]["register_manifest"] = None
+    _group_across_series(v, tmp_path)
+    assert "same_abnormality" not in v["comparisons"][2]["candidates"][0]
+    assert v["n_flagged_abnormalities"] == 3
 
 
 @pytest.mark.slow
@@ -98,6 +123,28 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
     comps = [c for v in sorted((out / "visits").glob("*/ses-*/visit_summary.json"))
              for c in json.loads(v.read_text())["comparisons"]]
     assert len(comps) == 9  # 24h: 1 per series; M2: vs baseline and vs 24h
+    # one abnormality flagged in several comparisons of M2 is grouped (docs/detection.md
+    # "Findings across visits"): a lesion new at M2 is flagged by FLAIR and T2w, against
+    # baseline and against 24h, and those four candidates are one group
+    m2 = json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
+    flagged = {(f"{c['followup_name']} vs {c['baseline_name']}", x["id"]): x
+               for c in m2["comparisons"] for x in c.get("candidates") or [] if x["flagged"]}
+    groups = {frozenset([k, *((o["comparison"], o["candidate_id"])
+                              for o in x["same_abnormality"])])
+              for k, x in flagged.items() if x.get("same_abnormality")}
+    for g in groups:  # symmetric, one candidate per comparison
+        assert len({k for k, _ in g}) == len(g)
+        for k in g:
+            assert {(o["comparison"], o["candidate_id"])
+                    for o in flagged[k]["same_abnormality"]} == g - {k}
+    assert m2["n_flagged_abnormalities"] == m2["n_flagged"] - sum(len(g) - 1 for g in groups)
+    def what(key: str) -> tuple[str, str]:  # (series, reference visit) of a comparison
+        fu, ref = key.split(" vs ")
+        return fu.rsplit("_", 1)[-1], ref.split("/")[1]
+
+    want = {(c, r) for c in ("FLAIR.nii.gz", "T2w.nii.gz") for r in ("ses-baseline", "ses-24h")}
+    four = [g for g in groups if {what(k) for k, _ in g} >= want]
+    assert four, groups
     wanted = {"flair": ["t2w"], "t2w": ["flair"], "t1w": ["flair", "t2w"]}
     for comp in comps:
         doc = json.loads(((out / comp["manifest"]).parent / "candidates.json").read_text())

@@ -8,24 +8,28 @@ visit's comparisons are the same abnormality, so that a reader sees one entry
 with its series listed, and a visit's count of flagged abnormalities counts
 it once.
 
-Only comparisons against the same reference visit are grouped: their
-candidates live in that visit's world (label maps on its series' grids,
-centroids in its world RAS+ mm; the series of one session share the
-scanner's frame of reference). Two flagged candidates of different series
-are the same abnormality when they have the same sign and
+Each comparison's candidates live in its reference visit's world (label maps
+on its series' grids, centroids in its world RAS+ mm; the series of one
+session share the scanner's frame of reference). Comparisons against
+another reference visit (the previous visit instead of baseline) join when
+their world is mapped into the shared one (``to_shared``, a 4 x 4 RAS+
+matrix: in the pipeline, the previous visit -> this visit -> baseline
+through the two rigid registrations of the same follow-up series). Two
+flagged candidates of different comparisons are the same abnormality when
+they have the same sign and
 
-* their label maps overlap in world space (the voxel centres of one, mapped
-  through the two voxel-to-RAS affines, fall on the other's label, either
-  way round, so a small candidate on a fine grid is not lost between the
-  centres of a coarse one), or, when a label map is missing,
-* their centroids are within ``max_distance_mm`` or the larger one's
-  equivalent-sphere radius (the rule of the tracking module).
+* their label maps overlap in the shared world (the voxel centres of one,
+  mapped through the voxel-to-RAS affines and ``to_shared``, fall on the
+  other's label, either way round, so a small candidate on a fine grid is not
+  lost between the centres of a coarse one), or, when a label map is missing,
+* their centroids (in the shared world) are within ``max_distance_mm`` or
+  the larger one's equivalent-sphere radius (the rule of the tracking module).
 
 Grouping is transitive (FLAIR ~ T2w and T2w ~ PD puts all three together),
-but a group never holds two candidates of one series: the comparison already
-separated them. When a candidate of one series overlaps two of another (two
-FLAIR lesions inside one larger T2w change), it joins the one it shares most
-voxels with (else the nearest), and the other stays on its own.
+but a group never holds two candidates of one comparison: the comparison
+already separated them. When a candidate of one comparison overlaps two of
+another (two FLAIR lesions inside one larger T2w change), it joins the one it
+shares most voxels with (else the nearest), and the other stays on its own.
 
 >>> a = SeriesCandidates("flair", [{"id": 1, "flagged": True, "sign": 1,
 ...     "volume_mm3": 30.0, "centroid_ras_mm": [10.0, 0.0, 0.0]}])
@@ -58,13 +62,29 @@ class SeriesCandidates:
     dicts as in ``candidates.json`` (``id``, ``flagged``, ``sign``,
     ``volume_mm3``, ``centroid_ras_mm`` in the reference visit's world RAS+ mm).
     ``labels``: the ``candidates.nii.gz`` array (value = candidate id) and
-    ``affine`` its voxel -> world RAS+ mm matrix, or both None.
+    ``affine`` its voxel -> world RAS+ mm matrix, or both None. ``to_shared``:
+    4 x 4 matrix from this world RAS+ mm to the shared world (None: the same).
     """
 
     key: str
     candidates: list[dict[str, Any]]
     labels: NDArray[np.integer] | None = None
     affine: NDArray[np.floating] | None = None
+    to_shared: NDArray[np.floating] | None = None
+
+    def shared_from_voxel(self) -> NDArray[np.float64]:
+        """4 x 4: voxel index -> shared world RAS+ mm."""
+        assert self.affine is not None
+        m = np.asarray(self.affine, np.float64)
+        return m if self.to_shared is None else np.asarray(self.to_shared, np.float64) @ m
+
+    def centroid(self, c: dict[str, Any]) -> NDArray[np.float64]:
+        """A candidate's centroid in the shared world RAS+ mm."""
+        p = np.asarray(c["centroid_ras_mm"], np.float64)
+        if self.to_shared is None:
+            return p
+        t = np.asarray(self.to_shared, np.float64)
+        return np.asarray(t[:3, :3] @ p + t[:3, 3], np.float64)
 
 
 def _hits(src: SeriesCandidates, cid: int, dst: SeriesCandidates) -> dict[int, int]:
@@ -74,8 +94,9 @@ def _hits(src: SeriesCandidates, cid: int, dst: SeriesCandidates) -> dict[int, i
     ijk = np.argwhere(src.labels == cid)
     if not len(ijk):
         return {}
-    world = ijk @ src.affine[:3, :3].T + src.affine[:3, 3]
-    inv = np.linalg.inv(dst.affine)
+    a = src.shared_from_voxel()
+    world = ijk @ a[:3, :3].T + a[:3, 3]
+    inv = np.linalg.inv(dst.shared_from_voxel())
     to = np.rint(world @ inv[:3, :3].T + inv[:3, 3]).astype(int)
     shape = np.array(dst.labels.shape[:3])
     ok = np.all((to >= 0) & (to < shape), axis=1)
@@ -94,7 +115,7 @@ def _link(a: SeriesCandidates, ca: dict[str, Any], b: SeriesCandidates, cb: dict
         n = (_hits(a, int(ca["id"]), b).get(int(cb["id"]), 0)
              + _hits(b, int(cb["id"]), a).get(int(ca["id"]), 0))
         return float(n) if n else None
-    d = float(np.linalg.norm(np.subtract(ca["centroid_ras_mm"], cb["centroid_ras_mm"])))
+    d = float(np.linalg.norm(a.centroid(ca) - b.centroid(cb)))
     r = max(sphere_radius_mm(float(ca["volume_mm3"])),
             sphere_radius_mm(float(cb["volume_mm3"])))
     return -d if d <= max(max_distance_mm, r) else None
@@ -105,7 +126,7 @@ def group_across_series(series: Sequence[SeriesCandidates], *, max_distance_mm: 
     """Groups of two or more flagged candidates that are one abnormality (see the
     module docstring), as ``(key, candidate id)`` lists. Pairs are joined
     strongest link first (most shared voxels, else nearest centroids), and never
-    so that a group holds two candidates of one series. Members are sorted by the
+    so that a group holds two candidates of one comparison. Members are sorted by the
     order of ``series`` then candidate id; groups by their first member, so the
     result depends only on the inputs."""
     nodes = [(si, int(c["id"])) for si, s in enumerate(series)
