@@ -44,7 +44,7 @@ shares most voxels with (else the nearest), and the other stays on its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
@@ -71,6 +71,24 @@ class SeriesCandidates:
     labels: NDArray[np.integer] | None = None
     affine: NDArray[np.floating] | None = None
     to_shared: NDArray[np.floating] | None = None
+    #: flagged candidate id -> its voxel centres in the shared world (filled once)
+    _points: dict[int, NDArray[np.float64]] | None = field(default=None, init=False,
+                                                           repr=False)
+
+    def points(self, cid: int) -> NDArray[np.float64]:
+        """Voxel centres (N x 3, shared world RAS+ mm) of flagged candidate ``cid``.
+        The label map is read once for all flagged candidates (a 1 mm head is
+        16 M voxels; a visit can pair hundreds of candidates)."""
+        if self._points is None:
+            assert self.labels is not None
+            ids = [int(c["id"]) for c in self.candidates if c.get("flagged")]
+            sel = np.nonzero(np.isin(self.labels, ids))
+            vals = self.labels[sel]
+            ijk = np.stack(sel, axis=1).astype(np.float64)
+            a = self.shared_from_voxel()
+            world = ijk @ a[:3, :3].T + a[:3, 3]
+            self._points = {i: world[vals == i] for i in ids}
+        return self._points.get(cid, np.empty((0, 3)))
 
     def shared_from_voxel(self) -> NDArray[np.float64]:
         """4 x 4: voxel index -> shared world RAS+ mm."""
@@ -89,13 +107,10 @@ class SeriesCandidates:
 
 def _hits(src: SeriesCandidates, cid: int, dst: SeriesCandidates) -> dict[int, int]:
     """Voxel centres of candidate ``cid`` of ``src`` on each label of ``dst``."""
-    assert src.labels is not None and src.affine is not None
-    assert dst.labels is not None and dst.affine is not None
-    ijk = np.argwhere(src.labels == cid)
-    if not len(ijk):
+    assert dst.labels is not None
+    world = src.points(cid)
+    if not len(world):
         return {}
-    a = src.shared_from_voxel()
-    world = ijk @ a[:3, :3].T + a[:3, 3]
     inv = np.linalg.inv(dst.shared_from_voxel())
     to = np.rint(world @ inv[:3, :3].T + inv[:3, 3]).astype(int)
     shape = np.array(dst.labels.shape[:3])
@@ -112,6 +127,14 @@ def _link(a: SeriesCandidates, ca: dict[str, Any], b: SeriesCandidates, cb: dict
     if int(ca.get("sign", 1)) != int(cb.get("sign", 1)):
         return None
     if all(x.labels is not None and x.affine is not None for x in (a, b)):
+        pa, pb = a.points(int(ca["id"])), b.points(int(cb["id"]))
+        if not len(pa) or not len(pb):
+            return None
+        # boxes apart by more than the coarser voxel diagonal cannot share a voxel
+        gap = float(np.sqrt(3.0)) * max(float(np.abs(x.shared_from_voxel()[:3, :3]).sum(0).max())
+                                        for x in (a, b))
+        if np.any(pa.min(0) > pb.max(0) + gap) or np.any(pb.min(0) > pa.max(0) + gap):
+            return None
         n = (_hits(a, int(ca["id"]), b).get(int(cb["id"]), 0)
              + _hits(b, int(cb["id"]), a).get(int(ca["id"]), 0))
         return float(n) if n else None
