@@ -166,6 +166,8 @@ def test_one_abnormality_in_two_series_is_said_so():
     v["n_flagged"], v["n_flagged_abnormalities"] = 3, 2
     html = render_visit_report(build_visit_context(v))
     assert "3 candidates flagged for review: 2 distinct abnormalities" in html
+    row = safety_rows([v])[0]  # the safety table counts both ways
+    assert (row["flagged_candidates"], row["flagged_abnormalities"]) == (3, 2)
     assert "same abnormality as brain-t2w-M2-3" in html
     assert "same abnormality as brain-flair-M2-1" in html
     assert html.count("same abnormality as") == 2

@@ -20,8 +20,8 @@ from mri_safety.report.decisions import Decision
 
 SAFETY_COLUMNS = (
     "subject", "visit", "days_from_dosing", "series_available", "series_failed", "qc_verdict",
-    "visit_status", "flagged_candidates", "reviewer_decision", "reviewer", "decision_time",
-    "new_abnormal_finding", "report",
+    "visit_status", "flagged_candidates", "flagged_abnormalities", "reviewer_decision",
+    "reviewer", "decision_time", "new_abnormal_finding", "report",
 )
 
 _QC_RANK = {"usable": 0, "review": 1, "unusable": 2, "failed": 3}
@@ -79,6 +79,10 @@ def safety_rows(
             "qc_verdict": worst_qc(series),
             "visit_status": v.get("status", ""),
             "flagged_candidates": int(v.get("n_flagged", 0)),
+            # an abnormality flagged by several comparisons (FLAIR and T2w, vs baseline
+            # and vs the previous visit) counted once (docs/detection.md)
+            "flagged_abnormalities": int(v.get("n_flagged_abnormalities",
+                                               v.get("n_flagged", 0))),
             "reviewer_decision": d.decision if d else "",
             "reviewer": d.reviewer if d else "",
             "decision_time": d.time.isoformat() if d else "",
