@@ -161,17 +161,28 @@ def test_one_abnormality_in_two_series_is_said_so():
     t2 = {**_cand(3), "finding_id": "brain-t2w-M2-3", "same_abnormality": [
         {"comparison": "y_FLAIR vs x_FLAIR", "candidate_id": 1,
          "finding_id": "brain-flair-M2-1"}]}
+    t2_name = f"sub-{SUBJ}/ses-M2/anat/y_T2w.nii.gz vs sub-{SUBJ}/ses-baseline/anat/x_T2w.nii.gz"
+    fl["same_abnormality"][0]["comparison"] = t2_name
+    # the same lesion against the previous visit: no tracked finding id; the report
+    # names it by its own id (region, contrast, reference visit, candidate)
+    prev = _comparison("M2", ref="24h", candidates=[{**_cand(1), "same_abnormality": [
+        {"comparison": "...FLAIR", "candidate_id": 1, "finding_id": "brain-flair-M2-1"}]}])
+    fl["same_abnormality"].append({"comparison": f"{prev['followup_name']} vs "
+                                                 f"{prev['baseline_name']}",
+                                   "candidate_id": 1, "finding_id": None})
     v["comparisons"] = [_comparison("M2", candidates=[fl, _cand(2)]),
-                        {**_comparison("M2", candidates=[t2]), "contrast": "t2w"}]
-    v["n_flagged"], v["n_flagged_abnormalities"] = 3, 2
+                        {**_comparison("M2", candidates=[t2]), "contrast": "t2w",
+                         "baseline_name": f"sub-{SUBJ}/ses-baseline/anat/x_T2w.nii.gz",
+                         "followup_name": f"sub-{SUBJ}/ses-M2/anat/y_T2w.nii.gz"}, prev]
+    v["n_flagged"], v["n_flagged_abnormalities"] = 4, 2
     html = render_visit_report(build_visit_context(v))
-    assert "3 candidates flagged for review: 2 distinct abnormalities" in html
-    row = safety_rows([v])[0]  # the safety table counts both ways
-    assert (row["flagged_candidates"], row["flagged_abnormalities"]) == (3, 2)
-    assert "same abnormality as brain-t2w-M2-3" in html
+    assert "4 candidates flagged for review: 2 distinct abnormalities" in html
+    assert "same abnormality as brain-t2w-M2-3, brain-flair-vs-24h-c1" in html
     assert "same abnormality as brain-flair-M2-1" in html
-    assert html.count("same abnormality as") == 2
-    v["n_flagged_abnormalities"] = 3  # nothing grouped: the banner as before
+    assert html.count("same abnormality as") == 3
+    row = safety_rows([v])[0]  # the safety table counts both ways
+    assert (row["flagged_candidates"], row["flagged_abnormalities"]) == (4, 2)
+    v["n_flagged_abnormalities"] = 4  # nothing grouped: the banner as before
     assert "distinct" not in render_visit_report(build_visit_context(v))
 
 

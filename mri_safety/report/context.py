@@ -110,6 +110,9 @@ def build_visit_context(
             "metrics": [_fmt(metrics.get(k)) for k, _ in QC_COLUMNS],
         })
     comparisons, candidates, deviations = [], [], []
+    # the comparisons by the name the visit summary's same_abnormality uses
+    by_key = {f"{c.get('followup_name')} vs {c.get('baseline_name')}": c
+              for c in summary.get("comparisons", [])}
     for c in summary.get("comparisons", []):
         label = comparison_label(c)
         ev = c.get("evidence")
@@ -145,8 +148,9 @@ def build_visit_context(
                 "location": location_words(x.get("location"), with_depth=True),
                 "peak_z": _fmt(x.get("peak_z")), "score": _fmt(x.get("score")),
                 "reasons": [scrub_paths(r) for r in x.get("reasons", [])],
-                "same_as": [str(o.get("finding_id") or f"{o.get('comparison')} #"
-                                f"{o.get('candidate_id')}")
+                "same_as": [finding_id(by_key.get(str(o.get("comparison")), {}),
+                                       {"id": o.get("candidate_id"),
+                                        "finding_id": o.get("finding_id")})
                             for o in x.get("same_abnormality", [])],
                 "montage": src,
                 "montage_missing": bool(x.get("flagged")) and src is None,
