@@ -152,28 +152,28 @@ def test_candidates_montages_and_finding_ids():
 
 
 def test_one_abnormality_in_two_series_is_said_so():
-    """A lesion flagged by FLAIR and T2w (the visit summary's ``same_abnormality``,
-    pipelines.trial._group_across_series): each row names the other; the banner
-    counts candidates and distinct abnormalities."""
+    """A lesion flagged by FLAIR and T2w against baseline and by FLAIR against the
+    previous visit (the visit summary's ``same_abnormality``,
+    pipelines.trial._group_across_series): each row names the others by the
+    report's finding ids; the banner and the safety table count candidates and
+    distinct abnormalities."""
     v = _visits()[2]
-    fl = {**_cand(1), "finding_id": "brain-flair-M2-1", "same_abnormality": [
-        {"comparison": "y_T2w vs x_T2w", "candidate_id": 3, "finding_id": "brain-t2w-M2-3"}]}
-    t2 = {**_cand(3), "finding_id": "brain-t2w-M2-3", "same_abnormality": [
-        {"comparison": "y_FLAIR vs x_FLAIR", "candidate_id": 1,
-         "finding_id": "brain-flair-M2-1"}]}
-    t2_name = f"sub-{SUBJ}/ses-M2/anat/y_T2w.nii.gz vs sub-{SUBJ}/ses-baseline/anat/x_T2w.nii.gz"
-    fl["same_abnormality"][0]["comparison"] = t2_name
-    # the same lesion against the previous visit: no tracked finding id; the report
-    # names it by its own id (region, contrast, reference visit, candidate)
-    prev = _comparison("M2", ref="24h", candidates=[{**_cand(1), "same_abnormality": [
-        {"comparison": "...FLAIR", "candidate_id": 1, "finding_id": "brain-flair-M2-1"}]}])
-    fl["same_abnormality"].append({"comparison": f"{prev['followup_name']} vs "
-                                                 f"{prev['baseline_name']}",
-                                   "candidate_id": 1, "finding_id": None})
-    v["comparisons"] = [_comparison("M2", candidates=[fl, _cand(2)]),
-                        {**_comparison("M2", candidates=[t2]), "contrast": "t2w",
-                         "baseline_name": f"sub-{SUBJ}/ses-baseline/anat/x_T2w.nii.gz",
-                         "followup_name": f"sub-{SUBJ}/ses-M2/anat/y_T2w.nii.gz"}, prev]
+    t2 = {**_comparison("M2", candidates=[]), "contrast": "t2w",
+          "baseline_name": f"sub-{SUBJ}/ses-baseline/anat/x_T2w.nii.gz",
+          "followup_name": f"sub-{SUBJ}/ses-M2/anat/y_T2w.nii.gz"}
+    fl = _comparison("M2", candidates=[])
+    prev = _comparison("M2", ref="24h", candidates=[])
+
+    def name(c: dict) -> str:
+        return f"{c['followup_name']} vs {c['baseline_name']}"
+
+    members = [(fl, 1, "brain-flair-M2-1"), (t2, 3, "brain-t2w-M2-3"), (prev, 1, None)]
+    for comp, cid, fid in members:  # a vs-previous candidate has no tracked finding id
+        comp["candidates"].append({**_cand(cid), "finding_id": fid, "same_abnormality": [
+            {"comparison": name(c), "candidate_id": i, "finding_id": f}
+            for c, i, f in members if c is not comp]})
+    fl["candidates"].append(_cand(2))
+    v["comparisons"] = [fl, t2, prev]
     v["n_flagged"], v["n_flagged_abnormalities"] = 4, 2
     html = render_visit_report(build_visit_context(v))
     assert "4 candidates flagged for review: 2 distinct abnormalities" in html
