@@ -309,7 +309,8 @@ def test_pictures_one_per_abnormality_and_spine(study: Path, tmp_path: Path) -> 
 def test_ras_matrix_round_trip_through_itk() -> None:
     """sitk_to_ras_matrix inverts ras_matrix_to_sitk, and the ITK transform maps
     the LPS image of a RAS point where the matrix maps the point."""
-    from mri_safety.synth.sitkutil import ras_matrix_to_sitk, sitk_to_ras_matrix
+    from mri_safety.register.transforms import sitk_to_ras_matrix
+    from mri_safety.synth.sitkutil import ras_matrix_to_sitk
 
     e = sitk.Euler3DTransform((1.0, -2.0, 3.0), 0.1, -0.05, 0.2, (4.0, 5.0, -6.0))
     m = np.eye(4)

@@ -117,6 +117,15 @@ def affine_matrix(t: sitk.Transform) -> tuple[NDArray[np.float64], NDArray[np.fl
     return a, b
 
 
+def sitk_to_ras_matrix(t: sitk.Transform) -> NDArray[np.float64]:
+    """An affine-exact ITK transform (LPS points -> LPS points) as a 4 x 4 RAS+ mm
+    point mapping (the inverse of :func:`mri_safety.synth.sitkutil.ras_matrix_to_sitk`)."""
+    a, b = affine_matrix(t)
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = a, b
+    return np.asarray(LPS_FROM_RAS @ lps @ LPS_FROM_RAS, np.float64)
+
+
 def subject_to_mni_ras(template_to_subject: sitk.Transform) -> NDArray[np.float64]:
     """4 x 4 matrix from subject world RAS mm to MNI RAS mm, given the template fit
     (an affine-exact ITK transform from template points to subject points, LPS mm,

@@ -48,18 +48,6 @@ def ras_matrix_to_sitk(m: np.ndarray) -> sitk.AffineTransform:
     return t
 
 
-def sitk_to_ras_matrix(t: sitk.Transform) -> np.ndarray:
-    """Inverse of :func:`ras_matrix_to_sitk`: an affine-exact ITK transform (LPS
-    points -> LPS points) as a 4x4 RAS mm point mapping."""
-    from mri_safety.register.transforms import affine_matrix
-
-    a, b = affine_matrix(t)
-    f = np.diag([-1.0, -1.0, 1.0, 1.0])
-    lps = np.eye(4)
-    lps[:3, :3], lps[:3, 3] = a, b
-    return f @ lps @ f
-
-
 def mattes_register(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image,
                     init: sitk.Transform, *, sampling: float, min_step: float,
                     iterations: int, sigmas: tuple[float, float]) -> sitk.Transform:

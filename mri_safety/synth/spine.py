@@ -22,8 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from mri_safety.register.transforms import sitk_to_ras_matrix
 from mri_safety.synth.anatomy import DATA_ROOT
-from mri_safety.synth.sitkutil import array_to_sitk, mattes_register, sitk_to_ras_matrix
+from mri_safety.synth.sitkutil import array_to_sitk, mattes_register
 
 SPINE_T2 = DATA_ROOT / "spine" / "t2"
 SPINE_T1 = DATA_ROOT / "spine" / "t1"
