@@ -1034,13 +1034,13 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    from mri_safety.change.grouping import SeriesCandidates, group_across_series
+    from mri_safety.change.grouping import SeriesCandidates, comparison_key, group_across_series
 
-    def transform(c: dict[str, Any]) -> Any:
-        m = c.get("register_manifest")
+    def transform(c: dict[str, Any] | None) -> Any:
+        m = (c or {}).get("register_manifest")
         return None if not m else _ras_matrix((out / m).parent / "transform.tfm")
 
-    to_base = {c["followup_name"]: transform(c) for c in v["comparisons"]
+    vs_base = {c["followup_name"]: c for c in v["comparisons"]
                if c.get("kind") == "baseline" and c.get("candidates") is not None}
     sets: dict[tuple[str, str], list[SeriesCandidates]] = defaultdict(list)
     for c in v["comparisons"]:
@@ -1053,12 +1053,11 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
             labels, affine = np.asarray(im.dataobj), im.affine
         kind, shared = str(c.get("kind")), None
         if kind != "baseline":
-            fu_to_base, prev_to_fu = to_base.get(c["followup_name"]), transform(c)
+            fu_to_base, prev_to_fu = transform(vs_base.get(c["followup_name"])), transform(c)
             if fu_to_base is not None and prev_to_fu is not None:
                 kind, shared = "baseline", np.linalg.inv(fu_to_base) @ prev_to_fu
         sets[(kind, str(c.get("region")))].append(SeriesCandidates(
-            f"{c['followup_name']} vs {c['baseline_name']}", c["candidates"], labels, affine,
-            shared))
+            comparison_key(c), c["candidates"], labels, affine, shared))
     merged = 0
     same_findings: dict[str, set[str]] = defaultdict(set)
     for _, members in sorted(sets.items()):
@@ -1091,6 +1090,7 @@ def _link_ventricle_margin(v: dict[str, Any]) -> None:
     candidates are unflagged and carry ``linked_to``; the finding (or, when
     not flagged, the ``volume_change`` entry) lists them under
     ``linked_candidates`` (comparison and candidate ids)."""
+    from mri_safety.change.grouping import comparison_key
     from mri_safety.change.volume_finding import explained_growth_mm3, link_ventricle_margin
 
     entries = [e for e in v.get("volume_change", []) if not e.get("error")]
@@ -1114,7 +1114,7 @@ def _link_ventricle_margin(v: dict[str, Any]) -> None:
         if ids:
             v["n_flagged"] -= len(ids)
             holder.setdefault("linked_candidates", []).append({
-                "comparison": f"{entry['followup_name']} vs {entry['baseline_name']}",
+                "comparison": comparison_key(entry),
                 "kind": entry.get("kind"), "candidate_ids": ids})
 
 

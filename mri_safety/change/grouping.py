@@ -43,7 +43,7 @@ shares most voxels with (else the nearest), and the other stays on its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -52,6 +52,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mri_safety.change.tracking import sphere_radius_mm
+
+
+def comparison_key(comparison: Mapping[str, Any]) -> str:
+    """How a visit summary names one of its comparisons (``same_abnormality``,
+    ``linked_candidates``): ``"<follow-up series> vs <reference series>"``."""
+    return f"{comparison.get('followup_name')} vs {comparison.get('baseline_name')}"
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from mri_safety.change.candidates import location_words
+from mri_safety.change.grouping import comparison_key
 from mri_safety.report.safety import series_label
 from mri_safety.report.volume_change import volume_change_candidates, volume_change_rows
 
@@ -111,8 +112,7 @@ def build_visit_context(
         })
     comparisons, candidates, deviations = [], [], []
     # the comparisons by the name the visit summary's same_abnormality uses
-    by_key = {f"{c.get('followup_name')} vs {c.get('baseline_name')}": c
-              for c in summary.get("comparisons", [])}
+    by_key = {comparison_key(c): c for c in summary.get("comparisons", [])}
     for c in summary.get("comparisons", []):
         label = comparison_label(c)
         ev = c.get("evidence")
