@@ -131,7 +131,9 @@ def evidence_stage(
 ) -> dict[str, Any]:
     """Montage PNG per flagged candidate and a registration check picture.
     ``compared``: (reference, follow-up) file names, for the row labels (the
-    reference is the baseline or the previous visit)."""
+    reference is the baseline or the previous visit). A ``new_fluid_space``
+    candidate shows the fluid map (``inputs["zmap_fluid"]``, when the comparison
+    wrote one), where the pooled z-map cancels (:mod:`mri_safety.change.fluid`)."""
     import nibabel as nib
 
     from mri_safety.evidence.montage import MontageCandidate, comparison_labels, render_montage
@@ -140,6 +142,7 @@ def evidence_stage(
     base: Any = nib.load(inputs["baseline"])
     fu: Any = nib.load(inputs["followup_in_baseline"])
     z: Any = nib.load(inputs["zmap"])
+    zf: Any = nib.load(inputs["zmap_fluid"]) if "zmap_fluid" in inputs else None
     render_regcheck(base, fu, out / "regcheck.png")
     rows, diff_label = comparison_labels(*compared)
     pictures = []
@@ -150,7 +153,9 @@ def evidence_stage(
             volume_mm3=float(c["volume_mm3"]), location=location_words(c.get("location")),
             score=float(c["score"]))
         name = f"candidate-{c['id']}.png"
-        render_montage(base, fu, z, cand, out / name, diff_limit=5.0, diff_label=diff_label,
+        fluid = c["type"] == "new_fluid_space" and zf is not None
+        render_montage(base, fu, zf if fluid else z, cand, out / name, diff_limit=5.0,
+                       diff_label=f"fluid {diff_label}" if fluid else diff_label,
                        row_labels=rows)
         pictures.append(name)
     return {"montages": pictures}
@@ -410,11 +415,13 @@ def _run_evidence(root: str, compare: StageResult, baseline: Path) -> StageResul
     """Montages of the flagged candidates of one ``detect`` result."""
     doc = json.loads((compare.path / "candidates.json").read_text())
     flagged = [c for c in doc["candidates"] if c.get("flagged")]
+    fluid = compare.path / "zmap_fluid.nii.gz"  # T2w pooled with FLAIR only
     return StageStore(root).run(
         "evidence", evidence_stage,
         {"baseline": baseline,
          "followup_in_baseline": compare.path / "followup_in_baseline.nii.gz",
-         "zmap": compare.path / "zmap.nii.gz"},
+         "zmap": compare.path / "zmap.nii.gz",
+         **({"zmap_fluid": fluid} if fluid.exists() else {})},
         {"candidates": flagged,
          "compared": [doc["inputs"]["baseline"], doc["inputs"]["followup"]]},
         code_deps=CODE_DEPS["evidence"])

@@ -957,3 +957,45 @@ def test_t2w_increase_in_a_space_dark_on_flair_at_both_visits_is_fluid(tmp_path:
     les = _candidate_on(both, tmp_path / "both", lesion)
     assert les["flagged"] and les["contrasts"] == ["t2w", "flair"]
     assert not any(r.startswith("dark on FLAIR") for r in les["reasons"])
+
+
+def test_new_fluid_in_tissue_is_found_where_the_pooled_map_cancels(tmp_path: Path) -> None:
+    """T2w pooled with FLAIR: a new cyst (fluid where there was tissue: T2w rises, FLAIR
+    falls) cancels in the pooled lesion map; it is found on the fluid map and flagged as
+    ``new_fluid_space``. The same signature one voxel around the ventricles (their
+    widening: atrophy or a tissue shift) is listed but not flagged, and a new lesion,
+    bright on both contrasts, stays a flagged T2 hyperintensity. Before 2026-12-06 the
+    cyst gave no candidate at all once pooled (synthetic follow-ups: 6-10 mm cysts at z
+    14-25 on each contrast alone)."""
+    rng = np.random.default_rng(23)
+    shape = (72, 80, 64)
+    t2 = _synthetic_head(shape, rng)
+    flair = _synthetic_head(shape, rng)  # ventricles 20: CSF nulled
+    vent = _centred_ellipsoid(shape, (4, 10, 5))
+    t2[vent] = 250.0  # CSF is the brightest thing on T2w
+    cyst = ndi.gaussian_filter(_ball(shape, (24, 56, 34), 3.5).astype(float), 0.7) > 0.3
+    wider = _centred_ellipsoid(shape, (5, 11, 6)) & ~vent
+    lesion = ndi.gaussian_filter(_ball(shape, (50, 26, 30), 3.0).astype(float), 0.7) > 0.3
+    t2_fu, flair_fu = t2.copy(), flair.copy()
+    for m in (cyst, wider):
+        t2_fu[m], flair_fu[m] = 250.0, 20.0
+    t2_fu[lesion] *= 1.8
+    flair_fu[lesion] *= 1.8
+    solo, both = _solo_and_with_flair(tmp_path, "t2w", t2, t2_fu, flair, flair_fu, rng)
+
+    alone = _candidate_on(solo, tmp_path / "solo", cyst)
+    assert alone["flagged"] and alone["type"] == "new_t2_hyperintensity"
+    new = _candidate_on(both, tmp_path / "both", cyst)
+    assert new["flagged"] and new["type"] == "new_fluid_space" and new["sign"] == 1
+    assert new["contrasts"] == ["t2w", "flair"]
+    assert "fluid map" in new["reasons"][0]
+    fz: Any = nib.load(str(tmp_path / "both" / "zmap_fluid.nii.gz"))
+    assert np.asarray(fz.dataobj)[cyst].max() == pytest.approx(new["peak_z"], abs=1e-3)
+    pooled: Any = nib.load(str(tmp_path / "both" / "zmap.nii.gz"))
+    assert np.abs(np.asarray(pooled.dataobj)[cyst]).mean() < 0.5 * new["peak_z"]
+    rim = _candidate_on(both, tmp_path / "both", wider)
+    assert rim["type"] == "new_fluid_space" and not rim["flagged"]
+    assert any("widened sulcus, cistern or ventricle" in r for r in rim["reasons"])
+    les = _candidate_on(both, tmp_path / "both", lesion)
+    assert les["flagged"] and les["type"] == "new_t2_hyperintensity"
+    assert sum(c["flagged"] for c in both["candidates"]) == 2

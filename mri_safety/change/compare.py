@@ -58,7 +58,14 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
-from mri_safety.change.fluid import FLUID_BRIGHT, fluid_at_both_visits
+from mri_safety.change.fluid import (
+    FLUID_BRIGHT,
+    baseline_fluid_spaces,
+    fluid_at_both_visits,
+    fluid_z,
+    new_fluid,
+    widened_space,
+)
 from mri_safety.change.masks import MaskSet, arr, brain_mask, dilate_mm, erode_mm, img_like
 from mri_safety.change.midline import Midline, centroid_midline, find_midline
 from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, within_visit_from_extra
@@ -601,6 +608,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # where increases may be dipole partners (below), when that differs from allowed_pos
     partner_pos: NDArray[np.bool_] | None = None
     partner_neg: NDArray[np.bool_] | None = None
+    bright_now: NDArray[np.bool_] | None = None  # lesion-like follow-up level reached
     if c in LESION_LIKE:
         # lesion-like: brighter than the surrounding normal tissue by hyper_ratio
         # after smoothing, or at the follow-up's own resolution, where a small focus keeps
@@ -610,7 +618,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         # well explained by the thick slices' partial volume shifting, or by CSF flow
         level = lesion_level(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm, sp)
         native = (zp.fu_native >= level) & (zp.base >= 1.0 / p.hyper_ratio)
-        allowed_pos &= (zp.fu >= level) | native
+        bright_now = (zp.fu >= level) | native
+        allowed_pos &= bright_now
     else:
         # T1w/SWI/...: a new focus arises in tissue of normal baseline intensity; changes of
         # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)
@@ -703,12 +712,32 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # evidence to candidates found on the main contrast
     pooled = [k for k, (nm, _) in enumerate(extra_z) if nm in POOLED.get(c, ())]
     z_used = zp.z
+    rho: list[float] = []
     if pooled:
         z_used, rho = combine_z(zp.z, [extra_z[k][1] for k in pooled],
                                 [extra_def[k] for k in pooled], zp.tissue)
         z_used = np.where(zp.brain, z_used, 0.0).astype(np.float32)
         for k, rk in zip(pooled, rho, strict=True):
             extra_ok[k]["pooled_rho"] = rk
+    # new fluid where there was tissue (a cyst): T2w up and FLAIR down cancel in the pooled
+    # map (or leave the FLAIR fall), so it is found on the fluid map instead, and is neither
+    # a lesion-like increase nor a decrease of the pooled map (mri_safety.change.fluid)
+    fz: NDArray[np.float32] | None = None
+    fluid_comps: list[Component] = []
+    spaces, space_sizes = np.zeros(0, np.int32), np.zeros(1, np.int64)
+    shift_reach = np.zeros(0, bool)
+    kf = [k for k in pooled if extra_z[k][0] == "flair"]
+    if fluid is not None and kf and bright_now is not None:
+        now_fluid = new_fluid(*fluid, bright_now, p.hyper_ratio) & zp.parenchyma
+        allowed_pos &= ~now_fluid
+        allowed_neg &= ~now_fluid
+        fz = fluid_z(zp.z, extra_z[kf[0]][1], extra_def[kf[0]], rho[pooled.index(kf[0])])
+        fluid_comps = extract(fz, aff, p.z_low, p.z_seed, min_vol, allowed_pos=now_fluid,
+                              signs=(1,))
+        spaces, space_sizes = baseline_fluid_spaces(fluid[0], fluid[2], zp.brain, p.hyper_ratio)
+        # where a tissue shift can move a fluid edge: dipole_mm, or a neighbouring voxel
+        shift_reach = (dilate_mm(spaces > 0, p.dipole_mm, sp)
+                       | ndi.binary_dilation(spaces > 0, structure=np.ones((3, 3, 3), bool)))
     comps = extract(z_used, aff, p.z_low, p.z_seed, min_vol,
                     allowed_pos=allowed_pos, allowed_neg=allowed_neg)
     z_review = review_threshold(int(zp.brain.sum()), sp, p.smooth_mm, p.review_fwe_alpha)
@@ -746,8 +775,11 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # ... less the voxels where another contrast changed the way CSF cannot
     against = csf_contradicted(dict(extra_z), p.extra_contrast_z) if grown is not None else None
     on_csf = grown & ~against if grown is not None and against is not None else None
-    for comp in comps:
-        ctype, reportable = FINDINGS[c][comp.sign]
+    n_lesion_map = len(comps)
+    comps = comps + fluid_comps
+    for n_comp, comp in enumerate(comps):
+        is_fluid = n_comp >= n_lesion_map  # from the fluid map
+        ctype, reportable = FINDINGS[c][comp.sign] if not is_fluid else ("new_fluid_space", True)
         vfrac = (margin_fraction(comp.voxels, grown)
                  if grown is not None and comp.sign == CSF_GAIN_SIGN[c] else 0.0)
         loc = _location(comp, zp.parenchyma, depth, midline, region, atlas)
@@ -762,8 +794,24 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                 reportable = False
         contrasts = [c]
         reasons = [f"peak z {abs(comp.peak_z):.1f} vs review threshold {z_review:.2f}"]
+        if is_fluid and fluid is not None:
+            contrasts.append("flair")
+            fb_m, ff_m = (float(a.ravel()[comp.voxels].mean()) for a in fluid[:2])
+            reasons[0] = (f"peak z {comp.peak_z:.1f} on the fluid map (z_{c} - z_flair) / "
+                          f"sqrt(2 - 2 rho) vs review threshold {z_review:.2f}")
+            reasons.append(f"bright on {c} and dark on FLAIR at follow-up, tissue on FLAIR at "
+                           f"baseline (FLAIR {fb_m:.2f} -> {ff_m:.2f} x tissue): fluid where "
+                           f"there was tissue (a cyst or cavity)")
+            wider = widened_space(comp.voxels, zp.z.shape, spaces, space_sizes, shift_reach)
+            if wider:
+                reportable = False
+                reasons.append(f"continuous with a space fluid at baseline and larger than "
+                               f"itself ({wider} voxels), and within {p.dipole_mm:g} mm or a "
+                               f"voxel of it: a widened sulcus, cistern or ventricle "
+                               f"(atrophy, tissue shift), not a new cyst")
         in_fluid = (fluid_at_both_visits(*fluid, comp.voxels, p.hyper_ratio)
-                    if fluid is not None and comp.sign > 0 and not extra_axial else None)
+                    if fluid is not None and comp.sign > 0 and not extra_axial
+                    and not is_fluid else None)
         if in_fluid is not None:
             reportable = False
             reasons.append(f"dark on FLAIR at both visits ({in_fluid[0]:.2f} and "
@@ -778,6 +826,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         # NEEDS_T2_CHANGE extras covering the candidate: name -> changed there (either sign)
         t2_changed: dict[str, bool] = {}
         for k, (name, ezm) in enumerate(extra_z):
+            if is_fluid and k in kf:  # in the fluid map already (with the other sign)
+                continue
             mean_z = float(ezm.ravel()[comp.voxels].mean())
             if name in NEEDS_T2_CHANGE.get(c, ()) and bool(extra_def[k].ravel()[comp.voxels].all()):
                 t2_changed[name] = abs(mean_z) >= p.extra_contrast_z
@@ -797,7 +847,9 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             reasons.append(f"no change on {', '.join(t2_changed)} here (|mean z| < "
                            f"{p.extra_contrast_z:g}), where new tissue seen on {c} would "
                            f"show: evidence -{p.extra_contrast_bonus:g}")
-        if bool(near[-comp.sign][comp.voxels].any()):
+        # (the fluid map's candidates: a tissue shift at a CSF edge is told by
+        # widened_space; the pooled map's decreases are the cyst's own FLAIR fall)
+        if not is_fluid and bool(near[-comp.sign][comp.voxels].any()):
             evidence -= p.dipole_penalty
             reasons.append(f"opposite-sign change within {p.dipole_mm:g} mm (misregistration "
                            f"or tissue-shift pattern): evidence -{p.dipole_penalty:g}")
@@ -806,10 +858,10 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             evidence -= p.edge_penalty
             reasons.append(f"at a baseline intensity edge ({100 * edge_share:.0f}% of noise "
                            f"from misregistration): evidence -{p.edge_penalty:g}")
-        if c in LESION_LIKE and comp.sign > 0:
+        if c in LESION_LIKE and comp.sign > 0 and not is_fluid:
             reasons.append("follow-up hyperintense relative to the surrounding tissue "
                            "(lesion-like)")
-        if not reportable and sctx is None:
+        if not reportable and sctx is None and not is_fluid:
             reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
                            if extra_axial else f"sign not reported as a finding for {c}")
         if vfrac >= MARGIN_FRACTION and against is not None and on_csf is not None:
@@ -866,12 +918,18 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         "midline": midline.record(),
         **({"anatomical_atlas": atlas.record()} if atlas is not None else {}),
         **({"spine": sctx.info} if sctx is not None else {}),
+        **({"fluid_map": {"map": "zmap_fluid.nii.gz", "rule": (
+            f"(z_{c} - z_flair) / sqrt(2 - 2 rho), where FLAIR was >= 1 / hyper_ratio x tissue "
+            f"at baseline and is below it at follow-up and {c} reached the lesion-like level "
+            "(new fluid: mri_safety.change.fluid)"), "candidates": len(fluid_comps)}}
+           if fz is not None else {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     res = ChangeResult(candidates=cands, labels=labels, z=z_used,
                        followup_in_baseline=zp.followup_in_baseline, baseline=base,
                        registration=registration, parameters=parameters, components=comps,
-                       midline=midline, transform=zp.transform)
+                       midline=midline, transform=zp.transform,
+                       maps={} if fz is None else {"zmap_fluid": fz})
     # dwi + ADC, t1ce + pre-contrast T1w of the same visits (mri_safety.change.multicontrast)
     return apply_within_visit(res, rp, zp, c, p, within)
 
