@@ -812,6 +812,17 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         in_fluid = (fluid_at_both_visits(*fluid, comp.voxels, p.hyper_ratio)
                     if fluid is not None and comp.sign > 0 and not extra_axial
                     and not is_fluid else None)
+        if in_fluid is not None and fluid is not None:
+            # ... unless a part of candidate size is FLAIR-hyperintense at follow-up (a mass
+            # or lesion merged with a cistern or the ventricles' rim: the mean hides it)
+            piece_mm3, piece_z = largest_piece(comp.voxels, fluid[1] >= p.hyper_ratio,
+                                               z_used, sp3)
+            if piece_mm3 >= min_vol and piece_z >= z_review:
+                reasons.append(f"dark on FLAIR at both visits on average ({in_fluid[0]:.2f} "
+                               f"and {in_fluid[1]:.2f} x tissue), but {piece_mm3:.0f} mm3 of "
+                               f"it are FLAIR-hyperintense at follow-up (peak z "
+                               f"{piece_z:.1f}): not a fluid space")
+                in_fluid = None
         if in_fluid is not None:
             reportable = False
             reasons.append(f"dark on FLAIR at both visits ({in_fluid[0]:.2f} and "
