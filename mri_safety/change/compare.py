@@ -27,6 +27,9 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
    (:mod:`~mri_safety.change.t1bright`) and T1w decreases darker than every
    baseline voxel around them (:mod:`~mri_safety.change.t1dark`);
    candidates mostly outside the parenchyma count from a collection-size volume;
+   a T2w/PD comparison pooled with FLAIR also searches the fluid map where
+   tissue turned to fluid (a new cyst, which cancels in the pooled map:
+   :mod:`~mri_safety.change.fluid`);
 7. evidence = |peak z| (+ bonus per agreeing extra contrast, - penalties for an
    adjacent opposite-sign candidate and for baseline-edge-dominated noise); score =
    logistic(evidence - z_review) in [0, 1]; ``flagged`` when score >= 0.5 and

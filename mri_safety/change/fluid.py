@@ -18,7 +18,9 @@ interhemispheric fissure), dark on FLAIR at both visits.
 :func:`fluid_at_both_visits` tells such a candidate: its mean normalised FLAIR
 (tissue median = 1) is below ``1 / hyper_ratio`` (darker than normal tissue by
 the lesion-likeness ratio, the mirror of the lesion-like rule) at baseline AND
-at follow-up. A space that was tissue at baseline and is fluid at follow-up (a
+at follow-up (:mod:`mri_safety.change.compare` still keeps a candidate of
+which a part of candidate size is FLAIR-hyperintense at follow-up: a mass
+merged with a cistern). A space that was tissue at baseline and is fluid at follow-up (a
 new cyst, tissue lost to enlarged ventricles) is not covered: it is a change,
 and stays a candidate. Extra-axial collections keep their own rule in
 :mod:`mri_safety.change.compare` (they are findings, and CSF-like on FLAIR
