@@ -730,11 +730,12 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     spaces, space_sizes = np.zeros(0, np.int32), np.zeros(1, np.int64)
     shift_reach = np.zeros(0, bool)
     kf = [k for k in pooled if extra_z[k][0] == "flair"]
-    if fluid is not None and kf and bright_now is not None:
+    rho_f = rho[pooled.index(kf[0])] if kf else 1.0
+    if fluid is not None and kf and bright_now is not None and rho_f < 1.0:
         now_fluid = new_fluid(*fluid, bright_now, p.hyper_ratio) & zp.parenchyma
         allowed_pos &= ~now_fluid
         allowed_neg &= ~now_fluid
-        fz = fluid_z(zp.z, extra_z[kf[0]][1], extra_def[kf[0]], rho[pooled.index(kf[0])])
+        fz = fluid_z(zp.z, extra_z[kf[0]][1], extra_def[kf[0]], rho_f)
         fluid_comps = extract(fz, aff, p.z_low, p.z_seed, min_vol, allowed_pos=now_fluid,
                               signs=(1,))
         spaces, space_sizes = baseline_fluid_spaces(fluid[0], fluid[2], zp.brain, p.hyper_ratio)
