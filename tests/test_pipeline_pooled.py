@@ -226,3 +226,38 @@ def test_pooled_detections_compute_each_zmap_once(tmp_path_factory, tmp_path,
         assert a.digest == b.digest  # type: ignore[union-attr]
         for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz"):
             assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name  # type: ignore[union-attr]
+
+
+def test_evidence_montage_of_new_fluid_shows_the_fluid_map(tmp_path) -> None:
+    """A ``new_fluid_space`` candidate's montage shows ``zmap_fluid`` (where the pooled
+    z-map cancels, here 0 everywhere): its difference row has the red focus; the same
+    candidate typed as a T2 hyperintensity shows the pooled map, and no focus."""
+    import matplotlib.image as mpimg
+    import nibabel as nib
+    import numpy as np
+
+    from pipelines.trial import evidence_stage
+
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    aff[:3, 3] = -20.0
+    g = np.indices((40, 40, 40))
+    focus = ((g - 20) ** 2).sum(0) <= 16
+    img = np.where(((g - 20) ** 2).sum(0) <= 18 ** 2, 100.0, 0.0)
+    paths = {}
+    for name, a in (("baseline", img), ("followup_in_baseline", img + 150.0 * focus),
+                    ("zmap", np.zeros(img.shape)), ("zmap_fluid", 12.0 * focus)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(a.astype(np.float32), aff), str(paths[name]))
+    cand = {"id": 1, "centroid_ras_mm": [0.0, 0.0, 0.0], "volume_mm3": 257.0,
+            "location": {"region": "brain"}, "score": 1.0}
+    compared = ("sub-01_ses-baseline_T2w.nii.gz", "sub-01_ses-M2_T2w.nii.gz")
+
+    def red_pixels(ctype: str) -> int:
+        out = tmp_path / ctype
+        doc = evidence_stage(paths, out, [{**cand, "type": ctype}], compared)
+        png = mpimg.imread(str(out / doc["montages"][0]))
+        r, gr, b = png[..., 0], png[..., 1], png[..., 2]
+        return int(((r > 0.4) & (gr < 0.15) & (b < 0.2)).sum())
+
+    fluid, pooled = red_pixels("new_fluid_space"), red_pixels("new_t2_hyperintensity")
+    assert fluid > pooled + 500, (fluid, pooled)  # the colour bar's red is in both
