@@ -738,6 +738,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         fz = fluid_z(zp.z, extra_z[kf[0]][1], extra_def[kf[0]], rho_f)
         fluid_comps = extract(fz, aff, p.z_low, p.z_seed, min_vol, allowed_pos=now_fluid,
                               signs=(1,))
+    if fluid_comps and fluid is not None:
         spaces, space_sizes = baseline_fluid_spaces(fluid[0], fluid[2], zp.brain, p.hyper_ratio)
         # where a tissue shift can move a fluid edge: dipole_mm, or a neighbouring voxel
         shift_reach = (dilate_mm(spaces > 0, p.dipole_mm, sp)
@@ -779,6 +780,8 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # ... less the voxels where another contrast changed the way CSF cannot
     against = csf_contradicted(dict(extra_z), p.extra_contrast_z) if grown is not None else None
     on_csf = grown & ~against if grown is not None and against is not None else None
+    # FLAIR-hyperintense at follow-up: a part of a "fluid at both visits" candidate that is not
+    flair_bright = fluid[1] >= p.hyper_ratio if fluid is not None else None
     n_lesion_map = len(comps)
     comps = comps + fluid_comps
     for n_comp, comp in enumerate(comps):
@@ -806,7 +809,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             reasons.append(f"bright on {c} and dark on FLAIR at follow-up, tissue on FLAIR at "
                            f"baseline (FLAIR {fb_m:.2f} -> {ff_m:.2f} x tissue): fluid where "
                            f"there was tissue (a cyst or cavity)")
-            wider = widened_space(comp.voxels, zp.z.shape, spaces, space_sizes, shift_reach)
+            wider = widened_space(comp.voxels, spaces, space_sizes, shift_reach)
             if wider:
                 reportable = False
                 reasons.append(f"continuous with a space fluid at baseline and larger than "
@@ -816,11 +819,10 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         in_fluid = (fluid_at_both_visits(*fluid, comp.voxels, p.hyper_ratio)
                     if fluid is not None and comp.sign > 0 and not extra_axial
                     and not is_fluid else None)
-        if in_fluid is not None and fluid is not None:
+        if in_fluid is not None and flair_bright is not None:
             # ... unless a part of candidate size is FLAIR-hyperintense at follow-up (a mass
             # or lesion merged with a cistern or the ventricles' rim: the mean hides it)
-            piece_mm3, piece_z = largest_piece(comp.voxels, fluid[1] >= p.hyper_ratio,
-                                               z_used, sp3)
+            piece_mm3, piece_z = largest_piece(comp.voxels, flair_bright, z_used, sp3)
             if piece_mm3 >= min_vol and piece_z >= z_review:
                 reasons.append(f"dark on FLAIR at both visits on average ({in_fluid[0]:.2f} "
                                f"and {in_fluid[1]:.2f} x tissue), but {piece_mm3:.0f} mm3 of "

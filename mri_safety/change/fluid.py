@@ -137,41 +137,47 @@ def baseline_fluid_spaces(flair_base: NDArray[np.floating], defined: NDArray[np.
     return lab.astype(np.int32), np.bincount(lab.ravel(), minlength=n + 1).astype(np.int64)
 
 
-def widened_space(voxels: NDArray[np.integer], shape: tuple[int, ...],
-                  spaces: NDArray[np.int32], sizes: NDArray[np.int64],
-                  reach: NDArray[np.bool_]) -> int:
+def widened_space(voxels: NDArray[np.integer], spaces: NDArray[np.int32],
+                  sizes: NDArray[np.int64], reach: NDArray[np.bool_]) -> int:
     """Voxel count of the largest baseline fluid space (:func:`baseline_fluid_spaces`)
-    that a new-fluid candidate touches (26-neighbourhood), when that space is
-    larger than the candidate and the candidate lies wholly in ``reach`` (the
-    baseline fluid grown by the distance a tissue shift moves an edge): the
-    candidate is then the widening of a sulcus, cistern or ventricle, not a new
-    cyst in tissue; 0 otherwise. A few dark voxels of white matter next to a
-    cyst are smaller than it, and a cyst that opens onto a ventricle reaches
-    beyond the shift distance; neither counts.
+    that a new-fluid candidate (``voxels``: flat indices into ``spaces``) touches
+    (26-neighbourhood), when that space is larger than the candidate and the
+    candidate lies wholly in ``reach`` (the baseline fluid grown by the distance
+    a tissue shift moves an edge): the candidate is then the widening of a
+    sulcus, cistern or ventricle, not a new cyst in tissue; 0 otherwise. A few
+    dark voxels of white matter next to a cyst are smaller than it, and a cyst
+    that opens onto a ventricle reaches beyond the shift distance; neither
+    counts. Works in the candidate's box, not the whole grid.
 
     >>> sp = np.zeros((12, 5, 5), bool); sp[:6] = True; sp[9, 2, 2] = True
     >>> lab, n = baseline_fluid_spaces(np.where(sp, 0.2, 1.0), np.ones(sp.shape, bool),
     ...                                np.ones(sp.shape, bool), 1.2)
     >>> layer = np.zeros(sp.shape, bool); layer[6] = True     # on the 150-voxel space
     >>> reach = np.zeros(sp.shape, bool); reach[:8] = True
-    >>> widened_space(np.flatnonzero(layer), sp.shape, lab, n, reach)
+    >>> widened_space(np.flatnonzero(layer), lab, n, reach)
     150
     >>> deep = np.zeros(sp.shape, bool); deep[6:9] = True     # reaches beyond a shift
-    >>> widened_space(np.flatnonzero(deep), sp.shape, lab, n, reach)
+    >>> widened_space(np.flatnonzero(deep), lab, n, reach)
     0
     >>> cyst = np.zeros(sp.shape, bool); cyst[10, 2, 2] = True  # beside one dark voxel
-    >>> widened_space(np.flatnonzero(cyst), sp.shape, lab, n, np.ones(sp.shape, bool))
+    >>> widened_space(np.flatnonzero(cyst), lab, n, np.ones(sp.shape, bool))
     0
     """
-    if not bool(np.asarray(reach).ravel()[np.asarray(voxels)].all()):
+    vox = np.asarray(voxels)
+    if not bool(np.asarray(reach).ravel()[vox].all()):
         return 0
-    m = np.zeros(int(np.prod(shape)), bool)
-    m[np.asarray(voxels)] = True
-    m3 = m.reshape(shape)
+    # the candidate's box, one voxel wider (clipped at the grid edge, as the
+    # dilation of the whole grid would be)
+    ijk = np.array(np.unravel_index(vox, spaces.shape))
+    lo = np.maximum(ijk.min(axis=1) - 1, 0)
+    hi = np.minimum(ijk.max(axis=1) + 2, spaces.shape)
+    m3 = np.zeros(tuple(int(n) for n in hi - lo), bool)
+    m3[tuple(ijk - lo[:, None])] = True
     ring = ndi.binary_dilation(m3, structure=np.ones((3, 3, 3), bool)) & ~m3
-    touched = np.unique(spaces[ring])
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    touched = np.unique(spaces[box][ring])
     touched = touched[touched > 0]
     if not touched.size:
         return 0
     big = int(sizes[touched].max())
-    return big if big > int(np.asarray(voxels).size) else 0
+    return big if big > int(vox.size) else 0
