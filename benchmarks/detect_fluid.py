@@ -45,16 +45,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
-from detect_small import PROTOCOLS, SmallPair, _acquire  # noqa: E402
+from detect_small import PROTOCOLS, SmallPair, acquire_pair, place  # noqa: E402
 from detect_synth import _bin as _size_bin  # noqa: E402
 
 from mri_safety.change.compare import detect_pair  # noqa: E402
 from mri_safety.register.transforms import sitk_affine_ras  # noqa: E402
-from mri_safety.synth import abnormal as ab  # noqa: E402
-from mri_safety.synth.acquire import random_pose  # noqa: E402
-from mri_safety.synth.anatomy import CSF, GM, WM, Anatomy, get_anatomy  # noqa: E402
+from mri_safety.synth.anatomy import CSF, Anatomy, get_anatomy  # noqa: E402
 from mri_safety.synth.contrast import TISSUE_MEANS, Component  # noqa: E402
-from mri_safety.synth.study import PRESETS, _series_specs  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -64,7 +61,6 @@ COMPARISONS = {"T2w + FLAIR": ("T2w", "t2w", ("FLAIR", "flair")),
                "T2w alone": ("T2w", "t2w", None)}
 SIZE_BINS = ((3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
 SITES = ("wm", "periventricular", "deep")
-MIN_SEPARATION_MM = 25.0
 
 
 @dataclass
@@ -82,45 +78,12 @@ class Cyst:
     why: str  # a missed one: the reasons of the best candidate there, or "no candidate"
 
 
-def _place(anat: Anatomy, rng: np.random.Generator, n: int
-           ) -> list[tuple[str, str, np.ndarray, float, np.ndarray]]:
-    """(kind, site, centre RAS mm, equivalent diameter mm, fraction map) per cyst."""
-    out: list[tuple[str, str, np.ndarray, float, np.ndarray]] = []
-    tissue = np.clip(anat.probs[GM] + anat.probs[WM], 0, 1)
-    for k in range(n):
-        site = SITES[k % len(SITES)]
-        for _ in range(200):
-            d = float(rng.uniform(3.0, 12.0))
-            c = ab.pick_site(anat, site, rng, d if site == "periventricular" else d / 2)
-            if all(np.linalg.norm(c - o[2]) >= MIN_SEPARATION_MM for o in out):
-                break
-        else:
-            raise RuntimeError(f"no room for a cyst at {site}")
-        f = ab.blob_fraction(anat, c, d, int(rng.integers(1 << 30))) * tissue
-        d_eq = float(np.cbrt(6.0 * f.sum() * anat.voxel_mm**3 / np.pi))
-        out.append(("cyst", site, c, d_eq, f))
-    return out
-
-
 def make_pair(anat: Anatomy, seed: int, n: int) -> SmallPair:
     """Baseline and follow-up of one subject (cysts at follow-up), both protocols."""
     rng = np.random.default_rng([20261206, seed])
-    abns = _place(anat, rng, n)
+    abns = place(anat, rng, [("cyst", SITES[k % len(SITES)]) for k in range(n)], (3.0, 12.0))
     csf = {kind: float(TISSUE_MEANS[kind][CSF]) for kind in ("FLAIR", "T2w", "T2starw")}
-    comps = [Component(f, csf) for *_, f in abns]
-    brain = anat.brain_mask()
-    centre = anat.affine[:3, :3] @ np.array(np.nonzero(brain)).mean(1) + anat.affine[:3, 3]
-    poses = [random_pose(rng, centre, 3.0, 3.0), random_pose(rng, centre)]
-    scans = [(poses[v] @ np.append(centre, 1))[:3] + rng.uniform(-5, 5, 3) for v in (0, 1)]
-    gains = [float(rng.uniform(0.9, 1.1)) for _ in (0, 1)]
-    images = {}
-    for proto, preset in PROTOCOLS.items():
-        prng = np.random.default_rng([20261206, seed, len(proto)])
-        specs = [{s.contrast: s for s in _series_specs(PRESETS[preset], fu, prng)}
-                 for fu in (False, True)]
-        images[proto] = [_acquire(anat, comps if v else [], poses[v], scans[v], specs[v],
-                                  [seed, v, len(proto)], gains[v]) for v in (0, 1)]
-    return SmallPair(abns, poses, images)
+    return acquire_pair(anat, abns, [Component(f, csf) for *_, f in abns], rng, 20261206, seed)
 
 
 def evaluate(sp: SmallPair) -> tuple[list[Cyst], list[tuple[str, str, int, float]]]:

@@ -100,16 +100,17 @@ class Pair:
     seconds: float
 
 
-def _place(anat: Anatomy, rng: np.random.Generator, n_les: int, n_bleed: int
-           ) -> list[tuple[str, str, np.ndarray, float, np.ndarray]]:
-    """(kind, site, centre RAS mm, equivalent diameter mm, fraction map) per abnormality."""
+def place(anat: Anatomy, rng: np.random.Generator, wanted: list[tuple[str, str]],
+          size_mm: tuple[float, float] = (2.0, 6.0)
+          ) -> list[tuple[str, str, np.ndarray, float, np.ndarray]]:
+    """(kind, site, centre RAS mm, equivalent diameter mm, fraction map) per ``wanted``
+    (kind, site): nominal diameter uniform in ``size_mm``, at least
+    :data:`MIN_SEPARATION_MM` apart, restricted to brain tissue."""
     out: list[tuple[str, str, np.ndarray, float, np.ndarray]] = []
     tissue = np.clip(anat.probs[GM] + anat.probs[WM], 0, 1)
-    sites = ["wm", "periventricular", "gm"]
-    wanted = [("lesion", sites[k % 3]) for k in range(n_les)] + [("haemorrhage", "deep")] * n_bleed
     for kind, site in wanted:
         for _ in range(200):
-            d = float(rng.uniform(2.0, 6.0))
+            d = float(rng.uniform(*size_mm))
             c = ab.pick_site(anat, site, rng, d if site == "periventricular" else d / 2)
             if all(np.linalg.norm(c - o[2]) >= MIN_SEPARATION_MM for o in out):
                 break
@@ -146,8 +147,20 @@ class SmallPair:
 def make_pair(anat: Anatomy, seed: int, n_les: int, n_bleed: int) -> SmallPair:
     """Baseline and follow-up of one subject, acquired with every protocol."""
     rng = np.random.default_rng([20261202, seed])
-    abns = _place(anat, rng, n_les, n_bleed)
+    sites = ["wm", "periventricular", "gm"]
+    abns = place(anat, rng, [("lesion", sites[k % 3]) for k in range(n_les)]
+                 + [("haemorrhage", "deep")] * n_bleed)
     comps = [Component(f, ab.VALUES[k]) for k, _, _, _, f in abns]
+    return acquire_pair(anat, abns, comps, rng, 20261202, seed)
+
+
+def acquire_pair(anat: Anatomy, abns: list[tuple[str, str, np.ndarray, float, np.ndarray]],
+                 comps: list[Component], rng: np.random.Generator, base: int, seed: int
+                 ) -> SmallPair:
+    """Both visits of a subject whose follow-up has ``comps`` (the abnormalities
+    ``abns``), with every protocol: poses, scan centres and gains from ``rng``,
+    each protocol's series from the generator ``[base, seed, len(protocol)]``,
+    the noise of each image from ``[seed, visit, len(protocol), series]``."""
     brain = anat.brain_mask()
     centre = anat.affine[:3, :3] @ np.array(np.nonzero(brain)).mean(1) + anat.affine[:3, 3]
     poses = [random_pose(rng, centre, 3.0, 3.0), random_pose(rng, centre)]
@@ -155,7 +168,7 @@ def make_pair(anat: Anatomy, seed: int, n_les: int, n_bleed: int) -> SmallPair:
     gains = [float(rng.uniform(0.9, 1.1)) for _ in (0, 1)]
     images = {}
     for proto, preset in PROTOCOLS.items():
-        prng = np.random.default_rng([20261202, seed, len(proto)])
+        prng = np.random.default_rng([base, seed, len(proto)])
         specs = [{s.contrast: s for s in _series_specs(PRESETS[preset], fu, prng)}
                  for fu in (False, True)]
         images[proto] = [_acquire(anat, comps if v else [], poses[v], scans[v], specs[v],
