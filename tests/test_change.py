@@ -928,6 +928,18 @@ def test_t1_bright_mask_keeps_vessels_and_fat_and_leaves_white_matter() -> None:
     assert t1[10, 21, 24]                                   # within 2 mm of the vessel
 
 
+def _t2w_and_flair_heads(shape: tuple[int, int, int], rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A T2w and a FLAIR head of one visit (:func:`_synthetic_head`, drawn from ``rng``
+    in that order) and their ventricles: CSF (250) is the brightest thing on T2w, nulled
+    (20) on FLAIR."""
+    t2 = _synthetic_head(shape, rng)
+    flair = _synthetic_head(shape, rng)
+    vent = _centred_ellipsoid(shape, (4, 10, 5))
+    t2[vent] = 250.0
+    return t2, flair, vent
+
+
 def test_t2w_increase_in_a_space_dark_on_flair_at_both_visits_is_fluid(tmp_path: Path
                                                                        ) -> None:
     """T2w pooled with the FLAIR pair of the same visits: a brighter T2w signal inside
@@ -937,10 +949,7 @@ def test_t2w_increase_in_a_space_dark_on_flair_at_both_visits_is_fluid(tmp_path:
     flagged cisterns, the fourth ventricle and sulci; docs/detection.md.)"""
     rng = np.random.default_rng(21)
     shape = (72, 80, 64)
-    t2 = _synthetic_head(shape, rng)
-    flair = _synthetic_head(shape, rng)  # ventricles 20: CSF nulled
-    vent = _centred_ellipsoid(shape, (4, 10, 5))
-    t2[vent] = 250.0  # CSF is the brightest thing on T2w
+    t2, flair, vent = _t2w_and_flair_heads(shape, rng)
     flow = vent & (np.indices(shape)[1] < 40)  # the front half of the ventricles
     lesion = ndi.gaussian_filter(_ball(shape, (24, 30, 32), 3.0).astype(float), 0.7) > 0.3
     t2_fu, flair_fu = t2.copy(), flair.copy()
@@ -969,10 +978,7 @@ def test_new_fluid_in_tissue_is_found_where_the_pooled_map_cancels(tmp_path: Pat
     14-25 on each contrast alone)."""
     rng = np.random.default_rng(23)
     shape = (72, 80, 64)
-    t2 = _synthetic_head(shape, rng)
-    flair = _synthetic_head(shape, rng)  # ventricles 20: CSF nulled
-    vent = _centred_ellipsoid(shape, (4, 10, 5))
-    t2[vent] = 250.0  # CSF is the brightest thing on T2w
+    t2, flair, vent = _t2w_and_flair_heads(shape, rng)
     cyst = ndi.gaussian_filter(_ball(shape, (24, 56, 34), 3.5).astype(float), 0.7) > 0.3
     wider = _centred_ellipsoid(shape, (5, 11, 6)) & ~vent
     lesion = ndi.gaussian_filter(_ball(shape, (50, 26, 30), 3.0).astype(float), 0.7) > 0.3
