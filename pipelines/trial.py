@@ -1036,8 +1036,8 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
     grouped only with the other "vs previous" comparisons. Each grouped
     candidate gets ``same_abnormality``: the other members (``comparison``,
     ``candidate_id``, ``finding_id``); each tracked finding of the visit gets
-    ``same_abnormality`` (the others' finding ids); the visit gets
-    ``n_flagged_abnormalities``: ``n_flagged`` counting each group once."""
+    ``same_abnormality`` (the others' finding ids). :func:`_name_abnormalities`
+    then names the groups and counts them."""
     import nibabel as nib
     import numpy as np
 
@@ -1065,12 +1065,10 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
                 kind, shared = "baseline", np.linalg.inv(fu_to_base) @ prev_to_fu
         sets[(kind, str(c.get("region")))].append(SeriesCandidates(
             comparison_key(c), c["candidates"], labels, affine, shared))
-    merged = 0
     same_findings: dict[str, set[str]] = defaultdict(set)
     for _, members in sorted(sets.items()):
         by = {(s.key, int(x["id"])): x for s in members for x in s.candidates}
         for group in group_across_series(members):
-            merged += len(group) - 1
             for k, cid in group:
                 me = by[(k, cid)]
                 me["same_abnormality"] = [
@@ -1081,10 +1079,67 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
                     same_findings[str(me["finding_id"])].update(
                         str(by[m]["finding_id"]) for m in group
                         if m != (k, cid) and by[m].get("finding_id"))
-    v["n_flagged_abnormalities"] = v["n_flagged"] - merged
     for f in v.get("findings", []):
         if same_findings.get(f["finding_id"]):
             f["same_abnormality"] = sorted(same_findings[f["finding_id"]])
+
+
+def _name_abnormalities(visits: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """One ID per abnormality, kept across series and visits
+    (:func:`mri_safety.change.grouping.abnormality_ids`). Each subject's visits
+    in order of days from dosing; the abnormalities of a visit are the groups
+    of :func:`_group_across_series` and every other flagged candidate
+    (including a flagged ventricular enlargement). Each flagged candidate gets
+    ``abnormality_id``; each visit gets ``abnormalities`` (``abnormality_id``,
+    ``members``: comparison, candidate id, finding id; ``merged``: IDs of
+    earlier abnormalities it now holds) and ``n_flagged_abnormalities``, their
+    number."""
+    from mri_safety.change.grouping import abnormality_ids, comparison_key
+    from mri_safety.report.context import finding_id
+
+    by_subject: dict[str, list[tuple[float, str, dict[str, Any]]]] = defaultdict(list)
+    for (subject, visit), v in visits.items():
+        days = v["days_from_dosing"]
+        by_subject[subject].append((float(days) if days is not None else 0.0, visit, v))
+    for _, items in sorted(by_subject.items()):
+        items.sort(key=lambda t: (t[0], t[1]))
+        per_visit: list[list[list[tuple[str, str | None]]]] = []
+        members_of: list[list[list[tuple[dict[str, Any], str, int]]]] = []
+        for _, _, v in items:
+            flagged: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any]]] = {}
+            for c in v["comparisons"]:
+                for x in c.get("candidates") or []:
+                    if x.get("flagged"):
+                        flagged[(comparison_key(c), int(x["id"]))] = (c, x)
+            for e in v.get("volume_change", []):
+                for x in e.get("candidates") or []:
+                    if x.get("flagged"):
+                        flagged[(f"{e['followup_name']} vs {e['baseline_name']} (volume)",
+                                 int(x.get("id", 0)))] = (e, x)
+            seen: set[tuple[str, int]] = set()
+            groups: list[list[tuple[str, int]]] = []
+            for key in sorted(flagged):
+                if key in seen:
+                    continue
+                g = [key] + [(str(o["comparison"]), int(o["candidate_id"]))
+                             for o in flagged[key][1].get("same_abnormality", [])]
+                g = sorted(k for k in set(g) if k in flagged)
+                seen.update(g)
+                groups.append(g)
+            per_visit.append([[(finding_id(flagged[k][0], flagged[k][1]),
+                                flagged[k][1].get("finding_id")) for k in g] for g in groups])
+            members_of.append([[(flagged[k][1], k[0], k[1]) for k in g] for g in groups])
+        for (_, _, v), names, groups_ in zip(items, abnormality_ids(per_visit), members_of,
+                                             strict=True):
+            v["abnormalities"] = []
+            for name, members in zip(names, groups_, strict=True):
+                for x, _, _ in members:
+                    x["abnormality_id"] = name.abnormality_id
+                v["abnormalities"].append({
+                    "abnormality_id": name.abnormality_id, "merged": name.merged,
+                    "members": [{"comparison": k, "candidate_id": cid,
+                                 "finding_id": x.get("finding_id")} for x, k, cid in members]})
+            v["n_flagged_abnormalities"] = len(v["abnormalities"])
 
 
 def _link_ventricle_margin(v: dict[str, Any]) -> None:
@@ -1182,6 +1237,7 @@ def _write_visit_summaries(
     _track_findings(visits, out)
     for v in visits.values():
         _group_across_series(v, out)
+    _name_abnormalities(visits)
     for (subject, visit), v in sorted(visits.items()):
         problems = (v["not_assessable"] or v["not_compared"]
                     or any(c.get("error") for c in v["comparisons"])

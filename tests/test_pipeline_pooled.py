@@ -43,7 +43,7 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from pipelines.trial import _group_across_series
+    from pipelines.trial import _group_across_series, _name_abnormalities
 
     def comparison(contrast: str, kind: str, spacing: float, blobs: list[tuple[int, float]],
                    shift_lps: tuple[float, float, float] | None = None) -> dict:
@@ -71,7 +71,9 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
             sitk.WriteTransform(sitk.TranslationTransform(3, shift_lps),
                                 str(d / "reg" / "transform.tfm"))
             reg = f"{d.name}/reg/manifest.json"
-        return {"kind": kind, "region": "brain", "followup_name": f"M2_{contrast}",
+        return {"kind": kind, "region": "brain", "contrast": contrast,
+                "reference_visit": "baseline" if kind == "baseline" else "24h",
+                "followup_name": f"M2_{contrast}",
                 "baseline_name": f"{kind}_{contrast}", "manifest": f"{d.name}/manifest.json",
                 "register_manifest": reg, "candidates": cands}
 
@@ -80,11 +82,12 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
     v0 = {"comparisons": [comparison("flair", "baseline", 1.0, [(1, 20.0), (2, 45.0)]),
                           comparison("t2w", "baseline", 2.0, [(3, 21.0)], (-6.0, 0.0, 0.0)),
                           comparison("t2w", "previous", 2.0, [(1, 30.0)], (4.0, 0.0, 0.0))],
-          "n_flagged": 4,
+          "n_flagged": 4, "days_from_dosing": 60,
           "findings": [{"finding_id": f} for f in ("brain-flair-M2-1", "brain-flair-M2-2",
                                                     "brain-t2w-M2-3")]}
     v = copy.deepcopy(v0)
     _group_across_series(v, tmp_path)
+    _name_abnormalities({("S1", "M2"): v})
     flair, t2w, prev = (c["candidates"] for c in v["comparisons"])
     assert flair[0]["same_abnormality"] == [
         {"comparison": "M2_t2w vs baseline_t2w", "candidate_id": 3,
@@ -94,14 +97,22 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
         "brain-flair-M2-1", "brain-t2w-M2-3"]
     assert "same_abnormality" not in flair[1]
     assert v["n_flagged_abnormalities"] == 2
+    # one ID per abnormality: the group's smallest finding ID, on each member
+    assert [x["abnormality_id"] for x in (flair[0], t2w[0], prev[0], flair[1])] == [
+        "brain-flair-M2-1", "brain-flair-M2-1", "brain-flair-M2-1", "brain-flair-M2-2"]
+    assert [(a["abnormality_id"], len(a["members"])) for a in v["abnormalities"]] == [
+        ("brain-flair-M2-1", 3), ("brain-flair-M2-2", 1)]
     assert [f.get("same_abnormality") for f in v["findings"]] == [
         ["brain-t2w-M2-3"], None, ["brain-flair-M2-1"]]
     # without the previous comparison's registration its world is unknown: alone
     v = copy.deepcopy(v0)
     v["comparisons"][2]["register_manifest"] = None
     _group_across_series(v, tmp_path)
+    _name_abnormalities({("S1", "M2"): v})
     assert "same_abnormality" not in v["comparisons"][2]["candidates"][0]
     assert v["n_flagged_abnormalities"] == 3
+    # not tracked and alone: named by its own label (report.context.finding_id)
+    assert v["comparisons"][2]["candidates"][0]["abnormality_id"] == "brain-t2w-vs-24h-c1"
 
 
 @pytest.mark.slow
@@ -138,6 +149,15 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
             assert {(o["comparison"], o["candidate_id"])
                     for o in flagged[k]["same_abnormality"]} == g - {k}
     assert m2["n_flagged_abnormalities"] == m2["n_flagged"] - sum(len(g) - 1 for g in groups)
+    # one abnormality ID per group, shared by its members; one entry per abnormality
+    aid = {k: x["abnormality_id"] for k, x in flagged.items()}
+    for g in groups:
+        assert len({aid[k] for k in g}) == 1
+    aid.update({(e["followup_name"], x["id"]): x["abnormality_id"]
+                for e in m2.get("volume_change", []) for x in e.get("candidates", [])
+                if x.get("flagged")})
+    assert sorted(a["abnormality_id"] for a in m2["abnormalities"]) == sorted(set(aid.values()))
+    assert len(set(aid.values())) == m2["n_flagged_abnormalities"]
     def what(key: str) -> tuple[str, str]:  # (series, reference visit) of a comparison
         fu, ref = key.split(" vs ")
         return fu.rsplit("_", 1)[-1], ref.split("/")[1]

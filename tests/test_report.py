@@ -169,7 +169,8 @@ def test_one_abnormality_in_two_series_is_said_so():
 
     members = [(fl, 1, "brain-flair-M2-1"), (t2, 3, "brain-t2w-M2-3"), (prev, 1, None)]
     for comp, cid, fid in members:  # a vs-previous candidate has no tracked finding id
-        comp["candidates"].append({**_cand(cid), "finding_id": fid, "same_abnormality": [
+        comp["candidates"].append({**_cand(cid), "finding_id": fid,
+                                   "abnormality_id": "brain-flair-M2-1", "same_abnormality": [
             {"comparison": name(c), "candidate_id": i, "finding_id": f}
             for c, i, f in members if c is not comp]})
     fl["candidates"].append(_cand(2))
@@ -177,9 +178,16 @@ def test_one_abnormality_in_two_series_is_said_so():
     v["n_flagged"], v["n_flagged_abnormalities"] = 4, 2
     html = render_visit_report(build_visit_context(v))
     assert "4 candidates flagged for review: 2 distinct abnormalities" in html
-    assert "same abnormality as brain-t2w-M2-3, brain-flair-vs-24h-c1" in html
-    assert "same abnormality as brain-flair-M2-1" in html
-    assert html.count("same abnormality as") == 3
+    assert ("abnormality brain-flair-M2-1, also seen as brain-t2w-M2-3, "
+            "brain-flair-vs-24h-c1") in html
+    assert "abnormality brain-flair-M2-1, also seen as brain-flair-M2-1" in html
+    assert html.count("also seen as") == 3 and html.count("abnormality brain-") == 3
+    # the abnormality's rows are listed together (by comparison), before the other one
+    table = html[html.index('<table id="candidates">'):]
+    rows = [table.index(f'href="#{f}"') for f in (
+        "brain-flair-vs-24h-c1", "brain-flair-M2-1", "brain-t2w-M2-3",
+        "brain-flair-vs-baseline-c2")]
+    assert rows == sorted(rows)
     row = safety_rows([v])[0]  # the safety table counts both ways
     assert (row["flagged_candidates"], row["flagged_abnormalities"]) == (4, 2)
     v["n_flagged_abnormalities"] = 4  # nothing grouped: the banner as before

@@ -149,3 +149,33 @@ def test_one_large_candidate_over_two_of_another_series_joins_the_larger_overlap
     for s in (flair, t2w):  # by centroids: the nearer one
         s.labels = s.affine = None
     assert group_across_series([flair, t2w]) == [[("flair", 2), ("t2w", 5)]]
+
+
+def test_abnormality_ids_are_kept_across_series_and_visits() -> None:
+    """A lesion tracked by FLAIR and T2w under two finding IDs keeps one abnormality
+    ID over visits, whichever series flags it; a new one takes its own; when two
+    meet, the older ID wins and the other is listed as merged; a later visit never
+    renames an earlier one; an untracked candidate is named by its label."""
+    from mri_safety.change.grouping import abnormality_ids
+
+    visits = [
+        # M2: the lesion on both series; a FLAIR-only one; a vs-previous-only one
+        [[("t2w c3", "t2w-M2-3"), ("flair c1", "flair-M2-1")], [("flair c2", "flair-M2-2")],
+         [("t2w vs 24h c1", None)]],
+        # M4: T2w alone flags the lesion; a T2w change next to it is not (yet) part of it
+        [[("t2w c1", "t2w-M2-3")], [("t2w c4", "t2w-M4-4")]],
+        # M6: FLAIR (still flair-M2-1) sees the lesion grown into the second one
+        [[("flair c1", "flair-M2-1"), ("flair-vs-M4 c2", None), ("t2w c1", "t2w-M4-4")],
+         [("flair c2", "flair-M2-2")]],
+    ]
+    got = [[(a.abnormality_id, a.merged) for a in v] for v in abnormality_ids(visits)]
+    assert got == [
+        [("flair-M2-1", []), ("flair-M2-2", []), ("t2w vs 24h c1", [])],
+        [("flair-M2-1", []), ("t2w-M4-4", [])],
+        [("flair-M2-1", ["t2w-M4-4"]), ("flair-M2-2", [])],
+    ]
+    # the IDs of the first k visits do not depend on later visits; the same inputs
+    # give the same IDs
+    for k in range(1, len(visits)):
+        assert abnormality_ids(visits[:k]) == abnormality_ids(visits)[:k]
+    assert abnormality_ids(visits) == abnormality_ids(visits)

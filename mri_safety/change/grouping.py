@@ -39,6 +39,11 @@ shares most voxels with (else the nearest), and the other stays on its own.
 ...      "centroid_ras_mm": [40.0, 0.0, 0.0]}])
 >>> group_across_series([a, b])
 [[('flair', 1), ('t2w', 4)]]
+
+Across visits, :func:`abnormality_ids` names each group (and each flagged
+candidate on its own) by one of its members' finding IDs, so that an
+abnormality keeps one ID at every visit although each series tracks it under
+its own finding ID (see that function).
 """
 
 from __future__ import annotations
@@ -186,3 +191,65 @@ def group_across_series(series: Sequence[SeriesCandidates], *, max_distance_mm: 
         groups.setdefault(root(n), []).append(n)
     return [[(series[si].key, cid) for si, cid in sorted(g)]
             for _, g in sorted(groups.items()) if len(g) > 1]
+
+
+@dataclass
+class AbnormalityName:
+    """The ID :func:`abnormality_ids` gives one abnormality at one visit.
+
+    ``abnormality_id``: its ID; ``merged``: the IDs of earlier visits' other
+    abnormalities that this group also holds (two findings that were apart and
+    are now one region), oldest first."""
+
+    abnormality_id: str
+    merged: list[str] = field(default_factory=list)
+
+
+def abnormality_ids(visits: Sequence[Sequence[Sequence[tuple[str, str | None]]]]
+                    ) -> list[list[AbnormalityName]]:
+    """One ID per abnormality, kept from visit to visit.
+
+    ``visits``: one subject's visits in time order; each a list of
+    abnormalities (the groups of :func:`group_across_series` and every other
+    flagged candidate on its own), each a list of its members as ``(label,
+    finding_id)``: ``label`` names the candidate within its visit (unique
+    there), ``finding_id`` is its tracked finding across visits
+    (:mod:`mri_safety.change.tracking`) or None (not tracked: a "vs previous"
+    comparison).
+
+    An abnormality takes the ID an earlier visit gave one of its members'
+    findings (the oldest, when it holds several); a new one takes its
+    smallest tracked finding ID (all of them first seen at this visit),
+    else its smallest label. A finding keeps the first ID it was given, so
+    later visits never rename an earlier visit's abnormality and the IDs
+    depend only on the inputs.
+
+    >>> m2 = [[("flair c1", "brain-flair-M2-1"), ("t2w c3", "brain-t2w-M2-3")]]
+    >>> m4 = [[("t2w c1", "brain-t2w-M2-3")],            # only T2w flags it now
+    ...       [("flair c2", "brain-flair-M4-2")]]         # a new one
+    >>> m6 = [[("flair c1", "brain-flair-M4-2"),          # the new one has grown
+    ...        ("t2w c2", "brain-t2w-M2-3")]]             # into the first
+    >>> [[(a.abnormality_id, a.merged) for a in v] for v in abnormality_ids([m2, m4, m6])]
+    [[('brain-flair-M2-1', [])], [('brain-flair-M2-1', []), ('brain-flair-M4-2', [])], \
+[('brain-flair-M2-1', ['brain-flair-M4-2'])]]
+    """
+    owner: dict[str, str] = {}  # tracked finding id -> abnormality id
+    since: dict[str, int] = {}  # abnormality id -> index of the visit that named it
+    out: list[list[AbnormalityName]] = []
+    for vi, groups in enumerate(visits):
+        names: list[AbnormalityName] = []
+        for g in groups:
+            known = sorted({owner[f] for _, f in g if f is not None and f in owner},
+                           key=lambda a: (since[a], a))
+            if known:
+                aid = known[0]
+            else:
+                tracked = sorted(f for _, f in g if f is not None)
+                aid = tracked[0] if tracked else min(label for label, _ in g)
+                since.setdefault(aid, vi)
+            for _, f in g:
+                if f is not None:
+                    owner.setdefault(f, aid)
+            names.append(AbnormalityName(aid, known[1:]))
+        out.append(names)
+    return out

@@ -68,10 +68,10 @@ def volume_change_candidates(summary: Mapping[str, Any]) -> list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     for e in summary.get("volume_change", []) or []:
         for x in e.get("candidates", []) or []:
+            fid = str(x.get("finding_id") or f"brain-ventricles-vs-{e.get('reference_visit')}")
             out.append({
-                "finding_id": str(x.get("finding_id") or f"brain-ventricles-vs-"
-                                  f"{e.get('reference_visit')}"),
-                "comparison": _label(e),
+                "finding_id": fid, "comparison": _label(e),
+                "abnormality_id": str(x.get("abnormality_id") or fid),
                 "type": str(x.get("type", "")).replace("_", " "),
                 "flagged": bool(x.get("flagged")),
                 "volume_mm3": f"{float(x.get('volume_mm3') or 0.0):.4g}",
