@@ -1064,7 +1064,8 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
             if fu_to_base is not None and prev_to_fu is not None:
                 kind, shared = "baseline", np.linalg.inv(fu_to_base) @ prev_to_fu
         sets[(kind, str(c.get("region")))].append(SeriesCandidates(
-            comparison_key(c), c["candidates"], labels, affine, shared))
+            comparison_key(c), c["candidates"], labels, affine, shared,
+            contrast=c.get("contrast")))
     same_findings: dict[str, set[str]] = defaultdict(set)
     for _, members in sorted(sets.items()):
         by = {(s.key, int(x["id"])): x for s in members for x in s.candidates}

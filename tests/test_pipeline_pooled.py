@@ -136,7 +136,7 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
     assert len(comps) == 9  # 24h: 1 per series; M2: vs baseline and vs 24h
     # one abnormality flagged in several comparisons of M2 is grouped (docs/detection.md
     # "Findings across visits"): a lesion new at M2 is flagged by FLAIR and T2w, against
-    # baseline and against 24h, and those four candidates are one group
+    # baseline and against 24h, and those four candidates (and T1w, below) are one group
     m2 = json.loads(next((out / "visits").glob("*/ses-M2/visit_summary.json")).read_text())
     flagged = {(f"{c['followup_name']} vs {c['baseline_name']}", x["id"]): x
                for c in m2["comparisons"] for x in c.get("candidates") or [] if x["flagged"]}
@@ -162,9 +162,11 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
         fu, ref = key.split(" vs ")
         return fu.rsplit("_", 1)[-1], ref.split("/")[1]
 
-    want = {(c, r) for c in ("FLAIR.nii.gz", "T2w.nii.gz") for r in ("ses-baseline", "ses-24h")}
-    four = [g for g in groups if {what(k) for k, _ in g} >= want]
-    assert four, groups
+    # ... and it is dark on T1w: FLAIR/T2w increases and T1w decreases agree (one group)
+    want = {(c, r) for c in ("FLAIR.nii.gz", "T2w.nii.gz", "T1w.nii.gz")
+            for r in ("ses-baseline", "ses-24h")}
+    six = [g for g in groups if {what(k) for k, _ in g} >= want]
+    assert six, groups
     wanted = {"flair": ["t2w"], "t2w": ["flair"], "t1w": ["flair", "t2w"]}
     for comp in comps:
         doc = json.loads(((out / comp["manifest"]).parent / "candidates.json").read_text())

@@ -179,3 +179,24 @@ def test_abnormality_ids_are_kept_across_series_and_visits() -> None:
     for k in range(1, len(visits)):
         assert abnormality_ids(visits[:k]) == abnormality_ids(visits)[:k]
     assert abnormality_ids(visits) == abnormality_ids(visits)
+
+
+def test_signs_of_two_contrasts_agree_by_their_weighting() -> None:
+    """A new lesion is FLAIR-bright and T1-dark: one abnormality; a T1-bright change
+    on a FLAIR-bright one is not (blood products are T1-bright and T2-dark), nor are
+    a FLAIR decrease and a T2w increase. Without contrasts: the same sign only."""
+    from mri_safety.change.grouping import group_across_series
+
+    flair = _series("flair", (60, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    [(1, (20.0, 20.0, 20.0), 4.0, True, 1),
+                     (2, (40.0, 40.0, 20.0), 4.0, True, 1),
+                     (3, (20.0, 40.0, 40.0), 4.0, True, -1)])
+    t1w = _series("t1w", (60, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                  [(5, (21.0, 20.0, 20.0), 3.0, True, -1),   # the lesion: dark on T1w
+                   (6, (40.0, 41.0, 20.0), 3.0, True, 1)])   # bright on both: not one
+    t2w = _series("t2w", (60, 60, 60), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                  [(7, (20.0, 40.0, 41.0), 3.0, True, 1)])   # up on T2w, down on FLAIR
+    assert group_across_series([flair, t1w, t2w]) == [[("flair", 2), ("t1w", 6)]]
+    for s, c in ((flair, "flair"), (t1w, "t1w"), (t2w, "t2w")):
+        s.contrast = c
+    assert group_across_series([flair, t1w, t2w]) == [[("flair", 1), ("t1w", 5)]]

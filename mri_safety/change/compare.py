@@ -61,6 +61,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from mri_safety.change.candidates import Component, extract, label_map
+from mri_safety.change.family import agreement_sign
 from mri_safety.change.fluid import (
     FLUID_BRIGHT,
     baseline_fluid_spaces,
@@ -136,31 +137,6 @@ LESION_LIKE = {"flair", "t2w", "pd", "dwi"}
 DARK_FOCUS = {"t2starw", "swi"}
 #: extra contrasts pooled voxel-wise with the main z-map (same sign for a new lesion)
 POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
-#: weighting family of each contrast, for the agreement of an extra contrast: a lesion that
-#: lengthens T1 and T2 (oedema, demyelination, infarct, tumour) is brighter on every
-#: T2-family image and darker on T1w; blood products are darker on T2/T2* and brighter on
-#: T1w. So an extra contrast of the same family agrees when it changed with the same sign,
-#: one of the other family when it changed with the opposite sign (a T1-dark lesion is
-#: FLAIR-bright; tissue turned CSF is dark on T1w AND FLAIR and must not count as
-#: agreement). ADC goes up in most lesions and down in acute infarcts: no fixed relation,
-#: so an ADC extra never adds agreement (DWI judges ADC within the visit instead).
-FAMILY: dict[str, str] = {"flair": "t2", "t2w": "t2", "pd": "t2", "dwi": "t2", "swi": "t2",
-                          "t2starw": "t2", "t1w": "t1", "t1ce": "t1"}
-
-
-def agreement_sign(main: str, extra: str) -> int | None:
-    """Sign an ``extra`` contrast's change must have, relative to the ``main``
-    contrast's change, to agree with it (:data:`FAMILY`); None: no fixed relation.
-
-    >>> agreement_sign("flair", "t2w"), agreement_sign("t1w", "flair"), agreement_sign("dwi", "adc")
-    (1, -1, None)
-    """
-    fm, fe = FAMILY.get(main), FAMILY.get(extra)
-    if fm is None or fe is None:
-        return None
-    return 1 if fm == fe else -1
-
-
 #: main contrasts whose candidates must also show on a T2-family extra, when the visit has
 #: one: new tissue visible on T1w without contrast agent (lesion, mass, collection, blood)
 #: also changes T2-weighted signal (T2 weighting is the more sensitive to pathology), in

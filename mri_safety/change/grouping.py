@@ -16,7 +16,9 @@ their world is mapped into the shared one (``to_shared``, a 4 x 4 RAS+
 matrix: in the pipeline, the previous visit -> this visit -> baseline
 through the two rigid registrations of the same follow-up series). Two
 flagged candidates of different comparisons are the same abnormality when
-they have the same sign and
+their signs agree (the same sign; for two contrasts of known weighting, the
+relation of :func:`mri_safety.change.family.agreement_sign`: a new lesion is
+FLAIR-bright and T1-dark, a haematoma T2*-dark and T1-bright) and
 
 * their label maps overlap in the shared world (the voxel centres of one,
   mapped through the voxel-to-RAS affines and ``to_shared``, fall on the
@@ -56,6 +58,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mri_safety.change.family import agreement_sign
 from mri_safety.change.tracking import sphere_radius_mm
 
 
@@ -75,6 +78,7 @@ class SeriesCandidates:
     ``labels``: the ``candidates.nii.gz`` array (value = candidate id) and
     ``affine`` its voxel -> world RAS+ mm matrix, or both None. ``to_shared``:
     4 x 4 matrix from this world RAS+ mm to the shared world (None: the same).
+    ``contrast``: the compared contrast (``flair``, ``t1w``, ...), or None.
     """
 
     key: str
@@ -82,6 +86,7 @@ class SeriesCandidates:
     labels: NDArray[np.integer] | None = None
     affine: NDArray[np.floating] | None = None
     to_shared: NDArray[np.floating] | None = None
+    contrast: str | None = None
     #: flagged candidate id -> its voxel centres in the shared world (filled once)
     _points: dict[int, NDArray[np.float64]] | None = field(default=None, init=False,
                                                            repr=False)
@@ -135,7 +140,8 @@ def _link(a: SeriesCandidates, ca: dict[str, Any], b: SeriesCandidates, cb: dict
           max_distance_mm: float) -> float | None:
     """How strongly two candidates are one abnormality (larger = stronger), or None:
     shared voxel centres both ways round, or minus the centroid distance (mm)."""
-    if int(ca.get("sign", 1)) != int(cb.get("sign", 1)):
+    rel = agreement_sign(a.contrast, b.contrast) if a.contrast and b.contrast else None
+    if int(ca.get("sign", 1)) * int(cb.get("sign", 1)) != (rel or 1):
         return None
     if all(x.labels is not None and x.affine is not None for x in (a, b)):
         pa, pb = a.points(int(ca["id"])), b.points(int(cb["id"]))
