@@ -1005,24 +1005,56 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
                 if any(s.visit == visit for s in f.sightings))
 
 
-def _ras_matrix(tfm: Path) -> Any:
-    """4 x 4 RAS+ matrix of the register stage's ``transform.tfm`` (reference ->
-    follow-up points), or None when it is missing or not affine (spine B-spline)."""
-    import numpy as np
+def _read_transform(tfm: Path) -> Any:
+    """The register stage's ``transform.tfm`` (SimpleITK, reference -> follow-up
+    points, LPS mm), or None when it is missing."""
     import SimpleITK as sitk
 
-    from mri_safety.register.transforms import LPS_FROM_RAS, affine_matrix
+    return sitk.ReadTransform(str(tfm)) if tfm.is_file() else None
 
-    if not tfm.is_file():
-        return None
-    t = sitk.ReadTransform(str(tfm))
-    a, b = affine_matrix(t)
-    probe = np.array([60.0, -45.0, 35.0])
-    if np.abs(a @ probe + b - np.asarray(t.TransformPoint(probe.tolist()))).max() > 1e-3:
-        return None
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = a, b
-    return LPS_FROM_RAS @ m @ LPS_FROM_RAS
+
+def _previous_to_baseline(to_fu: Any, prev_to_fu: Any, points_ras: Any) -> Any:
+    """4 x 4 RAS+ matrix from the previous visit's world to the baseline's, through
+    this follow-up: ``inverse(to_fu) o prev_to_fu`` (the two register stages'
+    transforms, reference -> follow-up points). Exact when both are affine;
+    otherwise (the spine's rigid + B-spline) the affine fitted to that map at
+    ``points_ras`` (N x 3, previous visit's world RAS+ mm: the candidates to
+    group, each with points 5 mm around its centre so that the fit is
+    well-posed), which is exact to the fit's residual where it is used. None
+    when the map cannot be inverted there."""
+    import numpy as np
+
+    from mri_safety.register.transforms import (
+        fit_affine_ras,
+        invert_points_ras,
+        map_points_ras,
+        sitk_to_ras_matrix,
+    )
+
+    if to_fu.IsLinear() and prev_to_fu.IsLinear():
+        return np.linalg.inv(sitk_to_ras_matrix(to_fu)) @ sitk_to_ras_matrix(prev_to_fu)
+    at_base = invert_points_ras(to_fu, map_points_ras(prev_to_fu, points_ras))
+    return None if at_base is None else fit_affine_ras(points_ras, at_base)
+
+
+def _fit_points(cands: list[dict[str, Any]], labels: Any, affine: Any) -> Any:
+    """Where a "vs previous" comparison's map to the baseline world is fitted
+    (:func:`_previous_to_baseline`): its flagged candidates' voxel centres (at
+    most 200 per candidate, evenly taken) and, around each centroid, points
+    5 mm along each axis (world RAS+ mm of the previous visit)."""
+    import numpy as np
+
+    pts = []
+    for x in cands:
+        if not x.get("flagged"):
+            continue
+        c = np.asarray(x["centroid_ras_mm"], np.float64)
+        pts.append(c + 5.0 * np.vstack([np.zeros(3), np.eye(3), -np.eye(3)]))
+        if labels is not None and affine is not None:
+            ijk = np.argwhere(labels == int(x["id"])).astype(np.float64)
+            ijk = ijk[:: max(1, len(ijk) // 200)]
+            pts.append(ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3])
+    return np.vstack(pts) if pts else np.zeros((0, 3))
 
 
 def _group_across_series(v: dict[str, Any], out: Path) -> None:
@@ -1030,10 +1062,10 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
     FLAIR and T2w, against baseline and against the previous visit):
     :func:`mri_safety.change.grouping.group_across_series` over the visit's
     comparisons of one region. A "vs previous" comparison joins the "vs
-    baseline" ones through the rigid registrations of its follow-up series
+    baseline" ones through the registrations of its follow-up series
     (previous visit -> this visit -> baseline, ``transform.tfm`` of the two
-    register stages); without them (a failed or non-rigid registration) it is
-    grouped only with the other "vs previous" comparisons. Each grouped
+    register stages; :func:`_previous_to_baseline`); without them (a failed
+    registration) it is grouped only with the other "vs previous" comparisons. Each grouped
     candidate gets ``same_abnormality``: the other members (``comparison``,
     ``candidate_id``, ``finding_id``); each tracked finding of the visit gets
     ``same_abnormality`` (the others' finding ids). :func:`_name_abnormalities`
@@ -1045,7 +1077,7 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
 
     def transform(c: dict[str, Any] | None) -> Any:
         m = (c or {}).get("register_manifest")
-        return None if not m else _ras_matrix((out / m).parent / "transform.tfm")
+        return None if not m else _read_transform((out / m).parent / "transform.tfm")
 
     vs_base = {c["followup_name"]: c for c in v["comparisons"]
                if c.get("kind") == "baseline" and c.get("candidates") is not None}
@@ -1060,9 +1092,11 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
             labels, affine = np.asarray(im.dataobj), im.affine
         kind, shared = str(c.get("kind")), None
         if kind != "baseline":
-            fu_to_base, prev_to_fu = transform(vs_base.get(c["followup_name"])), transform(c)
-            if fu_to_base is not None and prev_to_fu is not None:
-                kind, shared = "baseline", np.linalg.inv(fu_to_base) @ prev_to_fu
+            to_fu, prev_to_fu = transform(vs_base.get(c["followup_name"])), transform(c)
+            if to_fu is not None and prev_to_fu is not None:
+                shared = _previous_to_baseline(to_fu, prev_to_fu,
+                                               _fit_points(c["candidates"], labels, affine))
+                kind = "baseline" if shared is not None else kind
         sets[(kind, str(c.get("region")))].append(SeriesCandidates(
             comparison_key(c), c["candidates"], labels, affine, shared,
             contrast=c.get("contrast")))

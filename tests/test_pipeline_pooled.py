@@ -115,6 +115,67 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
     assert v["comparisons"][2]["candidates"][0]["abnormality_id"] == "brain-t2w-vs-24h-c1"
 
 
+def test_spine_lesion_vs_previous_joins_vs_baseline_through_a_bspline(tmp_path) -> None:
+    """The spine's register stage gives rigid + B-spline transforms (a neck bend), which
+    have no matrix: the "vs previous" candidate is mapped to the baseline world through
+    an affine fitted to inverse(baseline -> M2) o (previous -> M2) at its own points
+    (pipelines.trial._previous_to_baseline), and joins the "vs baseline" one."""
+    import nibabel as nib
+    import numpy as np
+    import SimpleITK as sitk
+
+    from mri_safety.register.transforms import map_points_ras
+    from pipelines.trial import _group_across_series, _name_abnormalities
+
+    # baseline -> M2: a smooth bend of up to 10 mm along x, then a rotation
+    ref = sitk.Image([30, 30, 30], sitk.sitkFloat32)
+    ref.SetSpacing([2.0, 2.0, 2.0])
+    ref.SetOrigin([-60.0, -60.0, 0.0])
+    bend = sitk.BSplineTransformInitializer(ref, [3, 3, 3])
+    n = len(bend.GetParameters()) // 3
+    k = np.arange(n) // 36  # control point index along z (6 x 6 per slice)
+    bend.SetParameters(np.concatenate([10.0 * np.sin(np.pi * k / 5), np.zeros(2 * n)]).tolist())
+    to_m2 = sitk.CompositeTransform([sitk.Euler3DTransform((0, 0, 0), 0.0, 0.0, 0.15), bend])
+    prev_to_m2 = sitk.TranslationTransform(3, (4.0, -3.0, 2.0))  # previous -> M2 (LPS)
+    at_base = np.array([[10.0, 20.0, 22.0]])  # the lesion, baseline world RAS
+    at_m2 = map_points_ras(to_m2, at_base)
+    at_prev = at_m2 - [-4.0, 3.0, 2.0]  # RAS of the LPS translation's inverse
+    rigid_only = map_points_ras(to_m2.GetNthTransform(0), at_base)
+    assert np.linalg.norm(rigid_only - at_m2) > 8  # the bend matters here (3 mm balls)
+
+    def comparison(kind: str, centre: np.ndarray, tfm: sitk.Transform) -> dict:
+        d = tmp_path / kind
+        (d / "reg").mkdir(parents=True)
+        shape = (60, 60, 60)
+        world = np.indices(shape).reshape(3, -1).T + [-30.0, -10.0, -8.0]
+        lab = (np.linalg.norm(world - centre, axis=1) <= 3).reshape(shape).astype(np.int16)
+        aff = np.eye(4)
+        aff[:3, 3] = [-30.0, -10.0, -8.0]
+        nib.save(nib.Nifti1Image(lab, aff), str(d / "candidates.nii.gz"))
+        sitk.WriteTransform(tfm, str(d / "reg" / "transform.tfm"))
+        cand = {"id": 1, "flagged": True, "sign": 1, "volume_mm3": 113.0,
+                "centroid_ras_mm": [float(v) for v in centre]}
+        if kind == "baseline":
+            cand["finding_id"] = "spine-t2w-M2-1"
+        return {"kind": kind, "region": "spine", "contrast": "t2w",
+                "reference_visit": "baseline" if kind == "baseline" else "24h",
+                "followup_name": "M2_t2w", "baseline_name": f"{kind}_t2w",
+                "manifest": f"{kind}/manifest.json", "register_manifest": f"{kind}/reg/m.json",
+                "candidates": [cand]}
+
+    v = {"comparisons": [comparison("baseline", at_base[0], to_m2),
+                         comparison("previous", at_prev[0], prev_to_m2)],
+         "n_flagged": 2, "days_from_dosing": 60, "findings": []}
+    _group_across_series(v, tmp_path)
+    _name_abnormalities({("S1", "M2"): v})
+    assert v["comparisons"][1]["candidates"][0]["same_abnormality"] == [
+        {"comparison": "M2_t2w vs baseline_t2w", "candidate_id": 1,
+         "finding_id": "spine-t2w-M2-1"}]
+    assert v["n_flagged_abnormalities"] == 1
+    assert [x["candidates"][0]["abnormality_id"] for x in v["comparisons"]] == [
+        "spine-t2w-M2-1"] * 2
+
+
 @pytest.mark.slow
 def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -> None:
     """Each detect stage equals ``mri-safety compare`` with the same extra contrasts:

@@ -219,3 +219,59 @@ def displacement_mm(t1: sitk.Transform, t2: sitk.Transform,
     registration error (TRE) at the points ``pts`` (fixed space, LPS mm).
     """
     return np.asarray(np.linalg.norm(apply_to_points(t1, pts) - apply_to_points(t2, pts), axis=1))
+
+
+def map_points_ras(t: sitk.Transform, ras: NDArray[np.floating]) -> NDArray[np.float64]:
+    """``t`` (LPS points -> LPS points, any ITK transform) applied to ``ras`` (N x 3,
+    world RAS+ mm); returns N x 3 RAS+ mm."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    out = [t.TransformPoint([float(v) for v in p * flip]) for p in np.asarray(ras, np.float64)]
+    return np.asarray(out, np.float64).reshape(-1, 3) * flip
+
+
+def invert_points_ras(t: sitk.Transform, ras: NDArray[np.floating], *, tol_mm: float = 1e-3,
+                      max_iter: int = 200) -> NDArray[np.float64] | None:
+    """The points ``x`` with ``t(x) = ras`` (N x 3, world RAS+ mm), or None when the
+    iteration does not converge to ``tol_mm``.
+
+    ITK has no inverse of a B-spline or composite transform, so each point is
+    found by the fixed-point iteration ``x <- x - A^-1 (t(x) - y)``, with ``A``
+    the least-squares linear part of ``t`` over the points' neighbourhood
+    (+-10 mm): it converges when ``t`` is that linear part plus a smooth
+    deformation whose gradient is small against it (a neck bend of a
+    registration between two visits), and in one step when ``t`` is affine.
+
+    >>> e = sitk.Euler3DTransform((0, 0, 0), 0.1, -0.05, 0.2, (3.0, -2.0, 1.0))
+    >>> y = map_points_ras(e, np.array([[10.0, 20.0, -5.0]]))
+    >>> np.round(invert_points_ras(e, y), 6).tolist()
+    [[10.0, 20.0, -5.0]]
+    """
+    y = np.asarray(ras, np.float64).reshape(-1, 3)
+    probe = np.concatenate([y.mean(0) + d for d in 10.0 * np.vstack([np.zeros(3), np.eye(3),
+                                                                     -np.eye(3)])])
+    a = fit_affine_ras(probe.reshape(-1, 3), map_points_ras(t, probe.reshape(-1, 3)))
+    a_inv = np.linalg.inv(a[:3, :3])
+    x = (y - a[:3, 3]) @ a_inv.T  # the affine part's inverse: the first guess
+    for _ in range(max_iter):
+        r = map_points_ras(t, x) - y
+        if float(np.abs(r).max(initial=0.0)) <= tol_mm:
+            return x
+        x = x - r @ a_inv.T
+    return None
+
+
+def fit_affine_ras(src: NDArray[np.floating], dst: NDArray[np.floating]) -> NDArray[np.float64]:
+    """4 x 4 affine ``M`` (least squares) with ``M [src, 1] ~ [dst, 1]``; ``src`` and
+    ``dst``: N x 3 corresponding points (N >= 4, not coplanar), any world frame.
+
+    >>> m = np.array([[0.0, -1, 0, 5], [1, 0, 0, -2], [0, 0, 2, 1], [0, 0, 0, 1]])
+    >>> p = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [2, 3, 4]])
+    >>> bool(np.allclose(fit_affine_ras(p, p @ m[:3, :3].T + m[:3, 3]), m))
+    True
+    """
+    s = np.asarray(src, np.float64).reshape(-1, 3)
+    h = np.hstack([s, np.ones((len(s), 1))])
+    sol, *_ = np.linalg.lstsq(h, np.asarray(dst, np.float64).reshape(-1, 3), rcond=None)
+    m = np.eye(4)
+    m[:3, :] = sol.T
+    return m
