@@ -1033,6 +1033,8 @@ def _previous_to_baseline(to_fu: Any, prev_to_fu: Any, points_ras: Any) -> Any:
 
     if to_fu.IsLinear() and prev_to_fu.IsLinear():
         return np.linalg.inv(sitk_to_ras_matrix(to_fu)) @ sitk_to_ras_matrix(prev_to_fu)
+    if len(points_ras) < 4:
+        return None
     at_base = invert_points_ras(to_fu, map_points_ras(prev_to_fu, points_ras))
     return None if at_base is None else fit_affine_ras(points_ras, at_base)
 
@@ -1065,8 +1067,8 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
     baseline" ones through the registrations of its follow-up series
     (previous visit -> this visit -> baseline, ``transform.tfm`` of the two
     register stages; :func:`_previous_to_baseline`); without them (a failed
-    registration) it is grouped only with the other "vs previous" comparisons. Each grouped
-    candidate gets ``same_abnormality``: the other members (``comparison``,
+    registration) it is grouped only with the other "vs previous" comparisons.
+    Each grouped candidate gets ``same_abnormality``: the other members (``comparison``,
     ``candidate_id``, ``finding_id``); each tracked finding of the visit gets
     ``same_abnormality`` (the others' finding ids). :func:`_name_abnormalities`
     then names the groups and counts them."""

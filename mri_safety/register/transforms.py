@@ -236,10 +236,11 @@ def invert_points_ras(t: sitk.Transform, ras: NDArray[np.floating], *, tol_mm: f
 
     ITK has no inverse of a B-spline or composite transform, so each point is
     found by the fixed-point iteration ``x <- x - A^-1 (t(x) - y)``, with ``A``
-    the least-squares linear part of ``t`` over the points' neighbourhood
-    (+-10 mm): it converges when ``t`` is that linear part plus a smooth
-    deformation whose gradient is small against it (a neck bend of a
-    registration between two visits), and in one step when ``t`` is affine.
+    the least-squares linear part of ``t`` over +-10 mm around the first guess
+    (the inverse of ``t``'s affine fit there): it converges when ``t`` is that
+    linear part plus a smooth deformation whose gradient is small against it (a
+    neck bend of a registration between two visits), and at once when ``t`` is
+    affine.
 
     >>> e = sitk.Euler3DTransform((0, 0, 0), 0.1, -0.05, 0.2, (3.0, -2.0, 1.0))
     >>> y = map_points_ras(e, np.array([[10.0, 20.0, -5.0]]))
@@ -247,11 +248,16 @@ def invert_points_ras(t: sitk.Transform, ras: NDArray[np.floating], *, tol_mm: f
     [[10.0, 20.0, -5.0]]
     """
     y = np.asarray(ras, np.float64).reshape(-1, 3)
-    probe = np.concatenate([y.mean(0) + d for d in 10.0 * np.vstack([np.zeros(3), np.eye(3),
-                                                                     -np.eye(3)])])
-    a = fit_affine_ras(probe.reshape(-1, 3), map_points_ras(t, probe.reshape(-1, 3)))
-    a_inv = np.linalg.inv(a[:3, :3])
-    x = (y - a[:3, 3]) @ a_inv.T  # the affine part's inverse: the first guess
+    if not len(y):
+        return y
+    star = 10.0 * np.vstack([np.zeros(3), np.eye(3), -np.eye(3)])
+    centre = y.mean(0)
+    for _ in range(2):  # around the targets, then around their first preimage
+        probe = centre + star
+        a = fit_affine_ras(probe, map_points_ras(t, probe))
+        a_inv = np.linalg.inv(a[:3, :3])
+        x = (y - a[:3, 3]) @ a_inv.T  # the affine fit's inverse: the first guess
+        centre = x.mean(0)
     for _ in range(max_iter):
         r = map_points_ras(t, x) - y
         if float(np.abs(r).max(initial=0.0)) <= tol_mm:
