@@ -39,6 +39,20 @@ def _main(
         raise typer.Exit(0)
 
 
+def visit_order(item: tuple[str, dict[str, Any]]) -> tuple[str, bool, float, str]:
+    """Sort key of a run summary's visits (``"sub-X/ses-Y"``, summary): each subject's
+    visits in time order, by days from dosing (a visit without it last).
+
+    >>> v = {"sub-A/ses-M2": {"days_from_dosing": 61}, "sub-A/ses-baseline":
+    ...      {"days_from_dosing": -9}, "sub-A/ses-24h": {"days_from_dosing": 1}}
+    >>> [k for k, _ in sorted(v.items(), key=visit_order)]
+    ['sub-A/ses-baseline', 'sub-A/ses-24h', 'sub-A/ses-M2']
+    """
+    name, v = item
+    days = v.get("days_from_dosing")
+    return name.split("/")[0], days is None, float(days or 0), name
+
+
 @app.command()
 def convert(
     dicom_dir: Path = typer.Argument(..., help="DICOM tree (folders, DICOMDIR, .dcm.gz)"),
@@ -173,7 +187,7 @@ def _run_pipeline(
     table = Table(title="visits")
     for col in ("visit", "days from dosing", "flagged", "distinct", "status"):
         table.add_column(col)
-    for name, v in sorted(summary.visits.items()):
+    for name, v in sorted(summary.visits.items(), key=visit_order):
         n = v["n_flagged"]
         table.add_row(name, str(v["days_from_dosing"]), str(n),
                       str(v.get("n_flagged_abnormalities", n)), v["status"])
