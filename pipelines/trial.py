@@ -1046,6 +1046,8 @@ def _fit_points(cands: list[dict[str, Any]], labels: Any, affine: Any) -> Any:
     5 mm along each axis (world RAS+ mm of the previous visit)."""
     import numpy as np
 
+    from mri_safety.change.candidates import voxel_to_ras
+
     pts = []
     for x in cands:
         if not x.get("flagged"):
@@ -1054,8 +1056,7 @@ def _fit_points(cands: list[dict[str, Any]], labels: Any, affine: Any) -> Any:
         pts.append(c + 5.0 * np.vstack([np.zeros(3), np.eye(3), -np.eye(3)]))
         if labels is not None and affine is not None:
             ijk = np.argwhere(labels == int(x["id"])).astype(np.float64)
-            ijk = ijk[:: max(1, len(ijk) // 200)]
-            pts.append(ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3])
+            pts.append(voxel_to_ras(affine, ijk[:: max(1, len(ijk) // 200)]))
     return np.vstack(pts) if pts else np.zeros((0, 3))
 
 

@@ -140,9 +140,10 @@ def build_visit_context(
         })
         for x in cands or []:
             src = images.get(f"{ev}/candidate-{x.get('id')}.png") if ev else None
+            fid = finding_id(c, x)
             candidates.append({
-                "finding_id": finding_id(c, x), "comparison": label,
-                "abnormality_id": str(x.get("abnormality_id") or finding_id(c, x)),
+                "finding_id": fid, "comparison": label,
+                "abnormality_id": str(x.get("abnormality_id") or fid),
                 "type": str(x.get("type", "")).replace("_", " "),
                 "flagged": bool(x.get("flagged")),
                 "volume_mm3": _fmt(x.get("volume_mm3"), 4),
@@ -158,9 +159,8 @@ def build_visit_context(
             })
     candidates.extend(volume_change_candidates(summary))  # ventricular enlargement
     # flagged: one abnormality's rows together (its series and reference visits)
-    candidates.sort(key=lambda r: (not r["flagged"],
-                                   r.get("abnormality_id", r["finding_id"]) if r["flagged"]
-                                   else "", r["comparison"], r["finding_id"]))
+    candidates.sort(key=lambda r: (not r["flagged"], r["abnormality_id"] if r["flagged"] else "",
+                                   r["comparison"], r["finding_id"]))
     is_baseline = summary.get("status") == "baseline"
     n_flagged = int(summary.get("n_flagged", 0))
     n_distinct = int(summary.get("n_flagged_abnormalities", n_flagged))
