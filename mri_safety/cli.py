@@ -39,18 +39,24 @@ def _main(
         raise typer.Exit(0)
 
 
-def visit_order(item: tuple[str, dict[str, Any]]) -> tuple[str, bool, float, str]:
+def visit_order(item: tuple[str, dict[str, Any]]) -> tuple[str, int, bool, float, str]:
     """Sort key of a run summary's visits (``"sub-X/ses-Y"``, summary): each subject's
-    visits in time order, by days from dosing (a visit without it last).
+    visits in time order: by ``visit_index`` (StudyDate order, set by the trial
+    pipeline), then by days from dosing (a visit without it last).
 
     >>> v = {"sub-A/ses-M2": {"days_from_dosing": 61}, "sub-A/ses-baseline":
     ...      {"days_from_dosing": -9}, "sub-A/ses-24h": {"days_from_dosing": 1}}
     >>> [k for k, _ in sorted(v.items(), key=visit_order)]
     ['sub-A/ses-baseline', 'sub-A/ses-24h', 'sub-A/ses-M2']
+    >>> v = {"sub-B/ses-M12": {"days_from_dosing": None, "visit_index": 2},
+    ...      "sub-B/ses-M2": {"days_from_dosing": None, "visit_index": 1},
+    ...      "sub-B/ses-baseline": {"days_from_dosing": None, "visit_index": 0}}
+    >>> [k for k, _ in sorted(v.items(), key=visit_order)]
+    ['sub-B/ses-baseline', 'sub-B/ses-M2', 'sub-B/ses-M12']
     """
     name, v = item
     days = v.get("days_from_dosing")
-    return name.split("/")[0], days is None, float(days or 0), name
+    return name.split("/")[0], int(v.get("visit_index", 0)), days is None, float(days or 0), name
 
 
 @app.command()

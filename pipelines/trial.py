@@ -29,6 +29,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from mri_safety.config import Config, load_config
 from mri_safety.dicom.deid import Deidentifier
 from mri_safety.qc.config import load_qc_config
 from mri_safety.threads import itk_threads as _itk  # stage parameters are named itk_threads
+from mri_safety.visits import parse_date
 from pipelines.cache import (
     StageResult,
     StageStore,
@@ -470,16 +472,27 @@ class Pair:
     within: dict[str, str] = field(default_factory=dict)
 
 
-def _days(row: SeriesReport, plans: dict[str, SeriesPlan]) -> int:
-    d = plans[row.key].visit.days_from_dosing
-    return d if d is not None else 0
+def _study_day(row: SeriesReport, plans: dict[str, SeriesPlan]) -> date:
+    """The series' StudyDate (``date.max`` when absent or invalid)."""
+    try:
+        return parse_date(plans[row.key].group.study_date)
+    except ValueError:
+        return date.max
 
 
 def _visit_order(srows: list[SeriesReport], plans: dict[str, SeriesPlan]
                  ) -> tuple[list[str], str]:
     """One subject's visits in time order and the one its follow-ups are compared
-    with: ``baseline`` when there is one, else the first."""
-    order = [v for _, v in sorted({(_days(r, plans), r.session) for r in srows})]
+    with: ``baseline`` when there is one, else the first.
+
+    Time order is StudyDate order (the earliest study of a visit; a visit without
+    a valid date last), so it holds without an enrolment row, when visits carry
+    time-point labels but no days from dosing; ties go by visit label."""
+    first: dict[str, date] = {}
+    for r in srows:
+        d = _study_day(r, plans)
+        first[r.session] = min(d, first.get(r.session, date.max))
+    order = sorted(first, key=lambda v: (first[v], v))
     return order, "baseline" if "baseline" in order else order[0]
 
 
@@ -963,7 +976,7 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
 
     The "vs baseline" comparisons of one subject and baseline series share the
     baseline grid; their candidate label maps are linked visit by visit (in
-    order of days from dosing). Each of their candidates gets ``finding_id``;
+    time order, ``visit_index``). Each of their candidates gets ``finding_id``;
     each visit summary gets ``findings``: the tracked findings seen at that
     visit, with their volume by visit. Candidates of "vs previous"
     comparisons live on the previous visit's grid and are not linked.
@@ -973,13 +986,11 @@ def _track_findings(visits: dict[tuple[str, str], dict[str, Any]], out: Path) ->
 
     from mri_safety.change.tracking import VisitCandidates, track_findings
 
-    groups: dict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[int, str, dict[str, Any]]]] = defaultdict(list)
     for (subject, visit), v in visits.items():
         for c in v["comparisons"]:
             if c.get("kind") == "baseline" and c.get("candidates") is not None:
-                days = v["days_from_dosing"]
-                groups[(subject, c["baseline_name"])].append(
-                    (float(days) if days is not None else 0.0, visit, c))
+                groups[(subject, c["baseline_name"])].append((v["visit_index"], visit, c))
     for (subject, base_name), items in sorted(groups.items()):
         items.sort(key=lambda t: (t[0], t[1], t[2]["followup_name"]))
         chosen: dict[str, dict[str, Any]] = {}
@@ -1125,7 +1136,7 @@ def _group_across_series(v: dict[str, Any], out: Path) -> None:
 def _name_abnormalities(visits: dict[tuple[str, str], dict[str, Any]]) -> None:
     """One ID per abnormality, kept across series and visits
     (:func:`mri_safety.change.grouping.abnormality_ids`). Each subject's visits
-    in order of days from dosing; the abnormalities of a visit are the groups
+    in time order (``visit_index``); the abnormalities of a visit are the groups
     of :func:`_group_across_series` and every other flagged candidate
     (including a flagged ventricular enlargement). Each flagged candidate gets
     ``abnormality_id``; each visit gets ``abnormalities`` (``abnormality_id``,
@@ -1135,10 +1146,9 @@ def _name_abnormalities(visits: dict[tuple[str, str], dict[str, Any]]) -> None:
     from mri_safety.change.grouping import abnormality_ids, comparison_key
     from mri_safety.report.context import finding_id
 
-    by_subject: dict[str, list[tuple[float, str, dict[str, Any]]]] = defaultdict(list)
+    by_subject: dict[str, list[tuple[int, str, dict[str, Any]]]] = defaultdict(list)
     for (subject, visit), v in visits.items():
-        days = v["days_from_dosing"]
-        by_subject[subject].append((float(days) if days is not None else 0.0, visit, v))
+        by_subject[subject].append((v["visit_index"], visit, v))
     for _, items in sorted(by_subject.items()):
         items.sort(key=lambda t: (t[0], t[1]))
         per_visit: list[list[list[tuple[str, str | None]]]] = []
@@ -1234,12 +1244,19 @@ def _write_visit_summaries(
     from mri_safety.qc.protocol import compare_protocol
 
     visits: dict[tuple[str, str], dict[str, Any]] = {}
+    by_subject: dict[str, list[SeriesReport]] = defaultdict(list)
+    for r in rows:
+        if r.subject:
+            by_subject[r.subject].append(r)
+    index = {(subject, visit): k for subject, srows in by_subject.items()
+             for k, visit in enumerate(_visit_order(srows, plans)[0])}
     for r in rows:
         if not r.subject:
             continue
         v = visits.setdefault((r.subject, r.session), {
             "subject": r.subject, "visit": r.session,
             "days_from_dosing": plans[r.key].visit.days_from_dosing,
+            "visit_index": index[(r.subject, r.session)],
             "series": [], "comparisons": [], "n_flagged": 0, "not_assessable": [],
             "not_compared": (missing or {}).get((r.subject, r.session), []),
         })
@@ -1296,4 +1313,4 @@ def _write_visit_summaries(
         summary.visits[f"sub-{subject}/ses-{visit}"] = {
             "status": v["status"], "n_flagged": v["n_flagged"],
             "n_flagged_abnormalities": v["n_flagged_abnormalities"],
-            "days_from_dosing": v["days_from_dosing"]}
+            "days_from_dosing": v["days_from_dosing"], "visit_index": v["visit_index"]}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,9 +69,32 @@ def _trial_rows() -> tuple[list[SeriesReport], dict[str, Any], dict[str, float |
                  _row(ses, "ADC", f"{ses}_ADC"), _row(ses, "FLAIR", f"{ses}_FLAIR")]
         bvals[f"{ses}_run-1_dwi"], bvals[f"{ses}_run-2_dwi"] = 0.0, 1000.0
     days = {"baseline": -7, "24h": 1, "M2": 61}
-    plans = {r.key: SimpleNamespace(visit=SimpleNamespace(days_from_dosing=days[r.session]))
-             for r in rows}
+    plans = {r.key: _plan(days[r.session]) for r in rows}
     return rows, plans, bvals
+
+
+def _plan(days: int | None, study_date: str | None = None) -> SimpleNamespace:
+    """A stand-in SeriesPlan: the visit's days from dosing (dosing 2024-03-01) and
+    the StudyDate (from ``days`` unless given)."""
+    if study_date is None:
+        study_date = (date(2024, 3, 1) + timedelta(days=days or 0)).strftime("%Y%m%d")
+    return SimpleNamespace(visit=SimpleNamespace(days_from_dosing=days),
+                           group=SimpleNamespace(study_date=study_date))
+
+
+def test_visits_in_study_date_order_without_days_from_dosing() -> None:
+    """Without an enrolment row visits carry time-point labels but no days from
+    dosing: the previous visit is still the one scanned before (StudyDate), not
+    the one whose label sorts before (M12 after M2, not "M12" < "M2")."""
+    dates = {"baseline": "20240225", "24h": "20240302", "M2": "20240501",
+             "M6": "20240901", "M12": "20250301", "unscheduled1": ""}
+    rows = [_row(ses, "FLAIR", f"{ses}_FLAIR") for ses in dates]
+    plans = {r.key: _plan(None, dates[r.session]) for r in rows}
+    pairs = pairs_for(rows, plans)  # type: ignore[arg-type]
+    prev = {p.visit: p.reference_visit for p in pairs if p.kind == "previous"}
+    # a visit without a StudyDate goes last: compared with M12 as its previous
+    assert prev == {"M2": "24h", "M6": "M2", "M12": "M6", "unscheduled1": "M12"}
+    assert {p.visit for p in pairs if p.kind == "baseline"} == set(dates) - {"baseline"}
 
 
 def test_pairs_partners_and_volume_choice() -> None:
@@ -104,9 +128,8 @@ def test_pairs_partners_and_volume_choice() -> None:
     # T2w when there is no T1w
     rows3 = [r for r in rows if r.contrast != "T1w"] + [_row(s, "T2w", f"{s}_T2w")
                                                        for s in ("baseline", "M2")]
-    p3 = volume_pairs(pairs_for(rows3, plans | {r.key: SimpleNamespace(  # type: ignore[arg-type]
-        visit=SimpleNamespace(days_from_dosing=0 if r.session == "baseline" else 61))
-        for r in rows3}, bvals))
+    p3 = volume_pairs(pairs_for(rows3, plans | {  # type: ignore[arg-type]
+        r.key: _plan(0 if r.session == "baseline" else 61) for r in rows3}, bvals))
     assert [(p.visit, p.contrast) for p in p3.values()] == [("M2", "t2w")]
 
 

@@ -194,6 +194,17 @@ def test_one_abnormality_in_two_series_is_said_so():
     assert "distinct" not in render_visit_report(build_visit_context(v))
 
 
+def test_safety_table_in_time_order_without_days_from_dosing():
+    """No enrolment row: no days from dosing; the table follows the pipeline's
+    visit_index (StudyDate order), so M12 comes after M4 although "M12" < "M4"
+    and a missing day is not read as day 0."""
+    visits = _visits()
+    for k, v in enumerate(visits):
+        v["days_from_dosing"], v["visit_index"] = None, k
+    visits[2]["visit"], visits[3]["visit"] = "M4", "M12"  # label order != time order
+    assert [r["visit"] for r in safety_rows(visits[::-1])] == ["baseline", "24h", "M4", "M12"]
+
+
 def test_safety_rule_without_and_with_decisions(tmp_path):
     visits = _visits()
     rows = safety_rows(visits)

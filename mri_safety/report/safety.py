@@ -61,12 +61,16 @@ def safety_rows(
 ) -> list[dict[str, Any]]:
     """Rows of the safety table from visit summaries (``visit_summary.json``
     dicts) and the decisions in force (:func:`latest_decisions`), sorted by
-    subject and days from dosing. ``report_links`` maps (subject, visit) to
+    subject and time (``visit_index``, the StudyDate order, then days from
+    dosing; a visit without days last). ``report_links`` maps (subject, visit) to
     the report's relative path."""
     decisions = decisions or {}
     rows = []
+    order: dict[tuple[str, str], tuple[int, bool, float]] = {}
     for v in visits:
         key = (str(v["subject"]), str(v["visit"]))
+        days = v.get("days_from_dosing")
+        order[key] = (int(v.get("visit_index", 0)), days is None, float(days or 0))
         d = decisions.get(key)
         series = v.get("series", [])
         ok = [series_label(s) for s in series if s.get("status") == "converted"]
@@ -89,8 +93,7 @@ def safety_rows(
             "new_abnormal_finding": new_finding(str(v.get("status", "")), d),
             "report": (report_links or {}).get(key, ""),
         })
-    rows.sort(key=lambda r: (r["subject"], r["days_from_dosing"]
-                             if r["days_from_dosing"] is not None else 0, r["visit"]))
+    rows.sort(key=lambda r: (r["subject"], *order[(r["subject"], r["visit"])], r["visit"]))
     return rows
 
 
