@@ -1005,3 +1005,180 @@ def test_new_fluid_in_tissue_is_found_where_the_pooled_map_cancels(tmp_path: Pat
     les = _candidate_on(both, tmp_path / "both", lesion)
     assert les["flagged"] and les["type"] == "new_t2_hyperintensity"
     assert sum(c["flagged"] for c in both["candidates"]) == 2
+
+
+@pytest.mark.slow
+def test_extra_axial_collection_over_the_convexity_is_flagged() -> None:
+    """A crescent collection (FLAIR-bright, 2 x the brain median: blood or protein,
+    up to 4 mm thick, over 30 mm of the convexity) between the brain and the skull
+    of a real FLAIR follow-up (MS patient01 study2) is flagged as one extra-axial
+    change holding much of it, where it was put. The search region is the
+    intracranial mask; while that stayed within about 1 mm of the brain (the Otsu
+    head mask before 2026-12-06) only a 333 mm3 piece of it was a candidate.
+    (A collection under the lesion-like level, 1.3 x the median, is not found:
+    docs/detection.md, "Not done".)"""
+    from mri_safety.preprocess.bias import n4_correct
+    from mri_safety.preprocess.masks import brain_masks
+
+    d = need_data("longitudinal-ms", "patient01")
+    b = sitk.ReadImage(str(d / "study1_FLAIR.nii.gz"), sitk.sitkFloat32)
+    f = sitk.ReadImage(str(d / "study2_FLAIR.nii.gz"), sitk.sitkFloat32)
+    fu = sitk.GetArrayFromImage(f).transpose(2, 1, 0).astype(np.float32)  # [i, j, k]
+    brain = sitk.GetArrayFromImage(brain_masks(n4_correct(f)[0]).brain).transpose(2, 1, 0) > 0
+    sp = np.array(f.GetSpacing())
+    out_mm = ndi.distance_transform_edt(~brain, sampling=sp)
+    # the brain's surface point furthest up and to the subject's right (RAS +x, +z)
+    aff = np.array(f.GetDirection()).reshape(3, 3) * sp * [[-1], [-1], [1]]
+    ijk = np.argwhere(brain)
+    ras = ijk @ aff.T
+    top = ijk[np.argmax(ras @ np.array([1.0, 0.0, 1.0]))]
+    grid = np.indices(fu.shape).reshape(3, -1).T
+    near = (np.linalg.norm((grid - top) * sp, axis=1) <= 15.0).reshape(fu.shape)
+    crescent = near & (out_mm > 0) & (out_mm <= 4.0)
+    fu[crescent] = 2.0 * float(np.median(fu[brain]))
+    moved = sitk.GetImageFromArray(fu.transpose(2, 1, 0))
+    moved.CopyInformation(f)
+    res = detect_pair(b, moved, contrast="flair")
+    centre = (top @ aff.T) + np.array(f.GetOrigin()) * [-1, -1, 1]
+    hits = [x for x in res.candidates if x["flagged"] and x["type"] == "extra_axial_change"
+            and np.linalg.norm(np.array(x["centroid_ras_mm"]) - centre) <= 20.0]
+    vol = float(crescent.sum() * np.prod(sp))
+    print(f"{vol:.0f} mm3 at {centre}:", [(x["type"], x["flagged"], x["volume_mm3"],
+                                         x["centroid_ras_mm"]) for x in res.candidates
+                                        if np.linalg.norm(np.array(x["centroid_ras_mm"])
+                                                          - centre) <= 40.0])
+    assert hits, res.candidates[:5]
+    assert max(x["volume_mm3"] for x in hits) > 0.3 * vol  # measured 2151 of 3842 mm3 (2026-12-07)
+
+
+def _head_with_gap(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A 72 x 80 x 64 (1 mm) textured 'brain' (100), a dark 6 mm gap (5) and a bright
+    'skull' (120): ``brain, outer`` (brain + gap), ``skull, head`` (the baseline),
+    ``fu`` (the follow-up: the brain plus smooth scan-rescan noise, SD 6)."""
+    shape = (72, 80, 64)
+    brain = _centred_ellipsoid(shape, (22.0, 26.0, 20.0))
+    outer = _centred_ellipsoid(shape, (28.0, 32.0, 26.0))   # 6 mm gap, then the skull
+    skull = _centred_ellipsoid(shape, (31.0, 35.0, 29.0)) & ~outer
+    tex = ndi.gaussian_filter(rng.normal(size=shape), 2.0)
+    head = np.where(brain, 100.0 + 8.0 * tex / tex.std(), 0.0) + 120.0 * skull + 5.0 * (
+        outer & ~brain)
+    rescan = ndi.gaussian_filter(rng.normal(size=shape), 1.5)
+    fu = head + 6.0 * rescan / rescan.std() * brain
+    return brain, outer, skull, head, fu
+
+
+def test_brain_noise_does_not_depend_on_dark_voxels_in_the_search(tmp_path: Path) -> None:
+    """The local noise SD of the change (method step 5) is measured where there is
+    signal: a search region grown over a dark 6 mm gap between the brain and the
+    'skull' (its voxels more than 2 mm from either) leaves every brain voxel's z as
+    it is, while the follow-up's brain differs by smooth scan-rescan noise and the
+    gap by the image noise alone. Measured over the whole search region (the rule
+    before 2026-12-06), the gap's change entered the brain's noise: here the brain
+    z fell to a quarter; on a synthetic T2*w visit with atrophy only (detect_synth
+    s7 SYN002 24h) the bone and CSF under the skull lowered the SD at the brain
+    surface and three cortical noise spots were flagged as dark foci once the
+    intracranial mask reached the skull."""
+    from dataclasses import replace
+
+    from mri_safety.change.compare import register_pair, z_registered
+    from mri_safety.change.masks import dilate_mm
+
+    rng = np.random.default_rng(23)
+    brain, outer, skull, head, fu = _head_with_gap(rng)
+    one = (1.0, 1.0, 1.0)
+    dark = outer & ~dilate_mm(brain, 2.0, one) & ~dilate_mm(skull, 2.0, one)
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = (sitk.ReadImage(str(q), sitk.sitkFloat32) for q in paths)
+    p = load_params()
+    rp = register_pair(b, f, threads=1, seed=p.seed, brain=brain, baseline_n4=b,
+                       followup_n4=f)
+    near = z_registered(replace(rp, icv=brain.copy()), p)
+    wide = z_registered(replace(rp, icv=brain | dark), p)
+    inner = brain & near.brain
+    assert wide.brain.sum() > 1.3 * near.brain.sum()
+    assert np.array_equal(near.z[inner], wide.z[inner])
+
+
+def test_dark_focus_outside_the_brain_is_not_a_t2star_candidate(tmp_path: Path) -> None:
+    """T2*w/SWI: a dark region appearing between the brain and the skull (inside the
+    intracranial mask, 500 mm3 of tissue-like signal going to near void) is no
+    candidate: on T2*w the bone/air interfaces bloom and move with the head, and
+    a new collection shows on FLAIR, T2w and T1w. The same change in the brain is a
+    flagged ``new_dark_focus``; on FLAIR the outside one is an extra-axial change."""
+    from mri_safety.change.compare import detect_registered, register_pair
+    from mri_safety.change.masks import dilate_mm
+
+    rng = np.random.default_rng(29)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    brain = _centred_ellipsoid(shape, (shape[0] * 0.36, shape[1] * 0.40, shape[2] * 0.36))
+    gap = dilate_mm(brain, 6.0, (1.0, 1.0, 1.0)) & ~brain & (head < 50)
+    head[gap] = 100.0 + rng.normal(0, 3.0, int(gap.sum()))   # tissue-like extra-axial layer
+    fu = head.copy()
+    g = np.indices(shape)
+    outside = gap & (np.abs(g[1] - 40) <= 6) & (np.abs(g[2] - 32) <= 6) & (g[0] < 36)
+    inside = _ball(shape, (42, 40, 32), 3.0)
+    assert outside.sum() >= 150 and brain[inside].all()
+    fu[outside] = 10.0
+    fu[inside] = 10.0
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = (sitk.ReadImage(str(q), sitk.sitkFloat32) for q in paths)
+    p = load_params()
+    rp = register_pair(b, f, threads=1, seed=p.seed, brain=brain, baseline_n4=b,
+                       followup_n4=f)
+    rp.icv = brain | gap
+
+    def touching(res: Any, where: np.ndarray) -> list[dict[str, Any]]:
+        return [c for c in res.candidates if np.any((res.labels == c["id"]) & where)]
+
+    t2s = detect_registered(rp, "t2starw", params=p)
+    assert not touching(t2s, outside), t2s.candidates
+    on = touching(t2s, inside)
+    assert len(on) == 1 and on[0]["flagged"] and on[0]["type"] == "new_dark_focus"
+    flair = detect_registered(rp, "flair", params=p)
+    out = [c for c in touching(flair, outside) if c["sign"] < 0]
+    assert out and out[0]["location"]["tissue"] == "extra_axial", flair.candidates
+
+
+def test_new_bright_collection_does_not_raise_its_own_noise(tmp_path: Path) -> None:
+    """A new bright collection between the brain and the 'skull' (follow-up only,
+    0.6 or 1.2 x the tissue signal, 6 mm thick) is left out of the local noise SD
+    (method step 5): its z stays above 3 (measured 3.8 and 4.3), and the brain's z
+    more than 8 mm from it barely moves. Measured over the voxels bright at either
+    visit (tried 2026-12-07) the collection counted as signal, raised the SD of its
+    own blocks and its z fell to 0.9 and 1.1; subdural collections against
+    baseline were found in 1 of 3 synthetic studies. (Its z is still well under
+    its contrast over the noise floor, about 15: the blocks of the collection take
+    the SD of the nearest brain blocks, whose rim holds the collection's smoothed
+    edge; docs/detection.md, "Not done".)"""
+    from dataclasses import replace
+
+    from mri_safety.change.compare import register_pair, z_registered
+    from mri_safety.change.masks import dilate_mm
+
+    rng = np.random.default_rng(31)
+    brain, outer, skull, head, fu = _head_with_gap(rng)
+    one = (1.0, 1.0, 1.0)
+    gap = outer & ~brain
+    g = np.indices(brain.shape)
+    crescent = gap & (g[0] > 50) & (np.abs(g[1] - 40) <= 12) & (np.abs(g[2] - 32) <= 12)
+    assert crescent.sum() > 500
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = (sitk.ReadImage(str(q), sitk.sitkFloat32) for q in paths)
+    p = load_params()
+    rp = register_pair(b, f, threads=1, seed=p.seed, brain=brain, baseline_n4=b,
+                       followup_n4=f)
+    arr = sitk.GetArrayFromImage(f).transpose(2, 1, 0)  # [i, j, k]
+
+    def z_with(level: float) -> np.ndarray:
+        img = sitk.GetImageFromArray(np.where(crescent, level, arr).transpose(2, 1, 0))
+        img.CopyInformation(f)
+        return z_registered(replace(rp, icv=brain | gap, followup=img, followup_n4=img), p).z
+
+    z1, z2 = z_with(60.0), z_with(120.0)
+    far = brain & ~dilate_mm(crescent, 8.0, one)
+    rel = np.abs(z2[far] / z1[far] - 1.0)
+    assert np.median(rel) < 0.02 and np.percentile(rel, 95) < 0.1
+    core = crescent & ~dilate_mm(~crescent, 2.0, one)
+    assert core.sum() > 100
+    assert np.median(z1[core]) > 3.0 and np.median(z2[core]) > np.median(z1[core])

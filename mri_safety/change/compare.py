@@ -460,7 +460,17 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     model = noise_model(d, g, tissue, delta_mm=p.edge_misregistration_mm)
     # total noise SD: the edge model, or the local robust SD of the change where the
     # real scan-rescan differences are larger than the model says (never smaller)
-    sd = np.maximum(model.sd(g), local_robust_sd(d, search, 20.0, sp))
+    # measured where there is signal: the brain, and the search region's voxels of at
+    # least half the tissue median at BASELINE (CSF on T2w/T2*w); voxels of near-zero
+    # signal (bone, air, CSF on FLAIR/T1w) hold no partial-volume or flow change of
+    # their own, and their differences would set the noise of the blocks at the brain
+    # surface (with the intracranial mask out to the skull, bone and CSF lowered it on
+    # a T2*w and cortical noise became flagged dark foci). Not follow-up-bright voxels:
+    # a new extra-axial collection is bright at follow-up only and would raise its own
+    # noise (subdural collections vs baseline: 1 of 3 found with them, 2026-12-07).
+    # Blocks without such voxels take the nearest block's value.
+    signal = search if spine is not None else (search & ((brain & covered) | (b >= 0.5)))
+    sd = np.maximum(model.sd(g), local_robust_sd(d, signal, 20.0, sp))
     del g
     z = np.where(search, d / sd, 0.0).astype(np.float32)
     # share of the noise variance due to BASELINE edges (a new lesion makes follow-up
@@ -612,6 +622,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             dark = lesion_level(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm, sp,
                                 sign=-1)
             allowed_neg &= (zp.fu <= dark) | (zp.fu_native <= dark)
+            # ... in the brain: a haemorrhage or microbleed is a focus in the parenchyma;
+            # between the brain and the skull, T2*w darkens with bone, air and the
+            # susceptibility edges at the skull, which move with the head and the brain
+            # surface (a new extra-axial collection shows on FLAIR, T2w and T1w);
+            # outside the brain a decrease may still be a dipole partner
+            partner_neg = allowed_neg.copy()
+            allowed_neg &= zp.parenchyma
         else:
             # T1w: only structures brighter than white matter (white matter is the bright
             # tissue of a T1w image, and its thin strands pass the top-hat test)

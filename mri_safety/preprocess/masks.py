@@ -20,7 +20,8 @@ Images are SimpleITK images (LPS+ geometry, world mm). Method:
 4. The intracranial mask is the union of the warped intracranial region and the
    brain dilated by ``icv_dilate_mm`` (covers extra-axial collections:
    subdural/epidural space),
-   restricted to the head foreground (Otsu) and always containing the brain.
+   restricted to the head foreground (:func:`_head_in`: BET's threshold, holes
+   filled in every slice) and always containing the brain.
 
 The template is a normal adult brain; on grossly abnormal anatomy the affine fit
 is only approximate, and masks are meant for registration metrics and
@@ -158,17 +159,30 @@ def _largest_arr(mask: np.ndarray) -> np.ndarray:
 
 
 def _head_in(img: sitk.Image, crop: sitk.Image) -> np.ndarray:
-    """Head foreground on ``crop`` as a boolean ``[k, j, i]`` array: Otsu threshold of the
-    whole ``img`` (from a ~2 mm copy), largest component in the crop, holes filled
-    (as :func:`mri_safety.preprocess.bias.head_mask`)."""
+    """Head foreground on ``crop`` as a boolean ``[k, j, i]`` array: above the
+    head/background threshold of BET, ``t2 + 0.1 (t98 - t2)`` with ``t2``, ``t98`` the
+    2nd and 98th intensity percentiles of the whole ``img`` (from a ~2 mm copy;
+    Smith, Hum Brain Mapp 2002;17:143-155), largest component in the crop, holes
+    filled in 3D and in every slice along each array axis.
+
+    It bounds the intracranial mask (never into the air around the head). An
+    Otsu threshold, used before 2026-12-06, splits brain from everything else on
+    FLAIR and kept the intracranial mask within about 1 mm of the brain,
+    so that a subdural collection lay outside the search region. The skull and
+    the CSF under it are dark on T1w and FLAIR, so the foreground is a scalp ring
+    around the brain with a dark gap; a 3D hole fill closes that gap only if the
+    ring closes in 3D, which it does not where the field of view (or the crop)
+    cuts the head; in a slice the ring is closed wherever it crosses the head.
+    """
     f = [max(1, int(round(2.0 / s))) for s in img.GetSpacing()]
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetNumberOfHistogramBins(128)
-    otsu.SetInsideValue(0)
-    otsu.SetOutsideValue(1)
-    otsu.Execute(sitk.Shrink(img, f))
-    m = _largest_arr(sitk.GetArrayViewFromImage(crop) > otsu.GetThreshold())
-    return np.asarray(ndi.binary_fill_holes(m))
+    small = sitk.GetArrayViewFromImage(sitk.Shrink(img, f))
+    t2, t98 = np.percentile(small, [2, 98])
+    m = _largest_arr(sitk.GetArrayViewFromImage(crop) > t2 + 0.1 * (t98 - t2))
+    out = np.asarray(ndi.binary_fill_holes(m))
+    for ax in range(3):
+        sl = np.moveaxis(m, ax, 0)
+        out |= np.moveaxis(np.stack([ndi.binary_fill_holes(x) for x in sl]), 0, ax)
+    return out
 
 
 def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMasks:
