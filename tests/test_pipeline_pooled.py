@@ -82,7 +82,7 @@ def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
     v0 = {"comparisons": [comparison("flair", "baseline", 1.0, [(1, 20.0), (2, 45.0)]),
                           comparison("t2w", "baseline", 2.0, [(3, 21.0)], (-6.0, 0.0, 0.0)),
                           comparison("t2w", "previous", 2.0, [(1, 30.0)], (4.0, 0.0, 0.0))],
-          "n_flagged": 4, "days_from_dosing": 60,
+          "n_flagged": 4, "days_from_dosing": 60, "visit_index": 1,
           "findings": [{"finding_id": f} for f in ("brain-flair-M2-1", "brain-flair-M2-2",
                                                     "brain-t2w-M2-3")]}
     v = copy.deepcopy(v0)
@@ -165,7 +165,8 @@ def test_spine_lesion_vs_previous_joins_vs_baseline_through_a_bspline(tmp_path) 
 
     v = {"comparisons": [comparison("baseline", at_base[0], to_m2),
                          comparison("previous", at_prev[0], prev_to_m2)],
-         "n_flagged": 2, "days_from_dosing": 60, "findings": []}
+         "n_flagged": 2, "days_from_dosing": 60, "visit_index": 1,
+         "findings": []}
     _group_across_series(v, tmp_path)
     _name_abnormalities({("S1", "M2"): v})
     assert v["comparisons"][1]["candidates"][0]["same_abnormality"] == [
