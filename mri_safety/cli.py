@@ -41,8 +41,7 @@ def _main(
 
 def visit_order(item: tuple[str, dict[str, Any]]) -> tuple[str, int, bool, float, str]:
     """Sort key of a run summary's visits (``"sub-X/ses-Y"``, summary): each subject's
-    visits in time order: by ``visit_index`` (StudyDate order, set by the trial
-    pipeline), then by days from dosing (a visit without it last).
+    visits in time order (:func:`mri_safety.report.safety.visit_time_key`).
 
     >>> v = {"sub-A/ses-M2": {"days_from_dosing": 61}, "sub-A/ses-baseline":
     ...      {"days_from_dosing": -9}, "sub-A/ses-24h": {"days_from_dosing": 1}}
@@ -54,9 +53,10 @@ def visit_order(item: tuple[str, dict[str, Any]]) -> tuple[str, int, bool, float
     >>> [k for k, _ in sorted(v.items(), key=visit_order)]
     ['sub-B/ses-baseline', 'sub-B/ses-M2', 'sub-B/ses-M12']
     """
+    from mri_safety.report.safety import visit_time_key
+
     name, v = item
-    days = v.get("days_from_dosing")
-    return name.split("/")[0], int(v.get("visit_index", 0)), days is None, float(days or 0), name
+    return name.split("/")[0], *visit_time_key(v), name
 
 
 @app.command()

@@ -480,6 +480,15 @@ def _study_day(row: SeriesReport, plans: dict[str, SeriesPlan]) -> date:
         return date.max
 
 
+def _rows_by_subject(rows: list[SeriesReport]) -> dict[str, list[SeriesReport]]:
+    """Series reports of each subject (reports without a subject left out)."""
+    out: dict[str, list[SeriesReport]] = defaultdict(list)
+    for r in rows:
+        if r.subject:
+            out[r.subject].append(r)
+    return out
+
+
 def _visit_order(srows: list[SeriesReport], plans: dict[str, SeriesPlan]
                  ) -> tuple[list[str], str]:
     """One subject's visits in time order and the one its follow-ups are compared
@@ -555,12 +564,8 @@ def not_compared(rows: list[SeriesReport], pairs: list[Pair], plans: dict[str, S
     (judged inside their DWI comparison) and b0 DWI references are not listed."""
     bv = bvalues or {}
     compared = {p.followup_name for p in pairs if p.kind == "baseline"}
-    by_subject: dict[str, list[SeriesReport]] = defaultdict(list)
-    for r in rows:
-        if r.subject:
-            by_subject[r.subject].append(r)
     out: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
-    for subject, srows in by_subject.items():
+    for subject, srows in _rows_by_subject(rows).items():
         _, base = _visit_order(srows, plans)
         for r in srows:
             if (r.session == base or r.status != "converted" or r.output in compared
@@ -1244,11 +1249,7 @@ def _write_visit_summaries(
     from mri_safety.qc.protocol import compare_protocol
 
     visits: dict[tuple[str, str], dict[str, Any]] = {}
-    by_subject: dict[str, list[SeriesReport]] = defaultdict(list)
-    for r in rows:
-        if r.subject:
-            by_subject[r.subject].append(r)
-    index = {(subject, visit): k for subject, srows in by_subject.items()
+    index = {(subject, visit): k for subject, srows in _rows_by_subject(rows).items()
              for k, visit in enumerate(_visit_order(srows, plans)[0])}
     for r in rows:
         if not r.subject:

@@ -54,6 +54,19 @@ def series_label(s: Mapping[str, Any]) -> str:
     return lab + (" post-contrast" if s.get("post_contrast") else "")
 
 
+def visit_time_key(visit: Mapping[str, Any]) -> tuple[int, bool, float]:
+    """Sort key of one subject's visits (a visit summary or run-summary entry) in
+    time order: ``visit_index`` (StudyDate order, set by the trial pipeline), then
+    days from dosing, a visit without them last.
+
+    >>> sorted([{"days_from_dosing": None}, {"days_from_dosing": 61},
+    ...         {"days_from_dosing": -7}], key=visit_time_key)
+    [{'days_from_dosing': -7}, {'days_from_dosing': 61}, {'days_from_dosing': None}]
+    """
+    days = visit.get("days_from_dosing")
+    return int(visit.get("visit_index", 0)), days is None, float(days or 0)
+
+
 def safety_rows(
     visits: Sequence[Mapping[str, Any]],
     decisions: Mapping[tuple[str, str], Decision] | None = None,
@@ -61,16 +74,13 @@ def safety_rows(
 ) -> list[dict[str, Any]]:
     """Rows of the safety table from visit summaries (``visit_summary.json``
     dicts) and the decisions in force (:func:`latest_decisions`), sorted by
-    subject and time (``visit_index``, the StudyDate order, then days from
-    dosing; a visit without days last). ``report_links`` maps (subject, visit) to
+    subject and time (:func:`visit_time_key`). ``report_links`` maps (subject, visit) to
     the report's relative path."""
     decisions = decisions or {}
     rows = []
-    order: dict[tuple[str, str], tuple[int, bool, float]] = {}
-    for v in visits:
+    for v in sorted(visits, key=lambda v: (str(v["subject"]), *visit_time_key(v),
+                                           str(v["visit"]))):
         key = (str(v["subject"]), str(v["visit"]))
-        days = v.get("days_from_dosing")
-        order[key] = (int(v.get("visit_index", 0)), days is None, float(days or 0))
         d = decisions.get(key)
         series = v.get("series", [])
         ok = [series_label(s) for s in series if s.get("status") == "converted"]
@@ -93,7 +103,6 @@ def safety_rows(
             "new_abnormal_finding": new_finding(str(v.get("status", "")), d),
             "report": (report_links or {}).get(key, ""),
         })
-    rows.sort(key=lambda r: (r["subject"], *order[(r["subject"], r["visit"])], r["visit"]))
     return rows
 
 
