@@ -375,7 +375,7 @@ def enhancement_map(post: sitk.Image, post_n4: sitk.Image, pre: sitk.Image,
     g = np.maximum(gradient_magnitude(bn, sp), gradient_magnitude(qn, sp))
     model = noise_model(d, g, tissue)
     region = search & covered
-    sd = np.maximum(model.sd(g), local_robust_sd(d, region, 20.0, sp))
+    sd = np.maximum(model.sd(g), local_robust_sd(d, region, 20.0, sp, extend_edge=True))
     z = np.where(region, d / sd, 0.0).astype(np.float32)
     info = {"registration_pre_to_post": {"metric": round(reg.metric, 5), "init": reg.init},
             "pre_gain": round(gain, 5), "noise": {"s0": round(model.s0, 5),
