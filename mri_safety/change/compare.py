@@ -97,11 +97,11 @@ from mri_safety.change.zmap import (
     combine_z,
     gradient_magnitude,
     lesion_level,
-    local_robust_sd,
     match_intensity,
     noise_model,
     remove_low_frequency,
     review_threshold,
+    signed_local_robust_sd,
 )
 from mri_safety.distance import distance_to_mm
 from mri_safety.preprocess.bias import n4_correct
@@ -469,17 +469,14 @@ def z_registered(rp: RegisteredPair, p: DetectParams, spine: SpineRegions | None
     # a new extra-axial collection is bright at follow-up only and would raise its own
     # noise (subdural collections vs baseline: 1 of 3 found with them, 2026-12-07).
     signal = search if spine is not None else (search & ((brain & covered) | (b >= 0.5)))
-    # per sign (local_robust_sd, extend_edge): an increase's noise leaves the blocks
+    # per sign (signed_local_robust_sd): an increase's noise leaves the blocks
     # outside the signal out of each window, so a new collection lining the edge of the
     # signal does not set its own noise (subdural collections against the previous
     # visit: 0 of 3 found with the edge extended); a decrease's keeps the edge layer's
     # noise extended outwards: decreases are not searched outside the parenchyma on
     # T2*w/SWI, and with the edge left out the partial-volume noise of CSF interfaces
     # became flagged T2*w dark foci (detect_small.py: 0 -> 4 over 4 coarse pairs)
-    sd_inc = local_robust_sd(d, signal, 20.0, sp)
-    sd_dec = local_robust_sd(d, signal, 20.0, sp, extend_edge=True)
-    sd = np.maximum(model.sd(g), np.where(d > 0, sd_inc, sd_dec))
-    del sd_inc, sd_dec
+    sd = np.maximum(model.sd(g), signed_local_robust_sd(d, signal, 20.0, sp))
     del g
     z = np.where(search, d / sd, 0.0).astype(np.float32)
     # share of the noise variance due to BASELINE edges (a new lesion makes follow-up
