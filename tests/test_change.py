@@ -1104,7 +1104,8 @@ def test_dark_focus_outside_the_brain_is_not_a_t2star_candidate(tmp_path: Path) 
     intracranial mask, 500 mm3 of tissue-like signal going to near void) is no
     candidate: on T2*w the bone/air interfaces bloom and move with the head, and
     a new collection shows on FLAIR, T2w and T1w. The same change in the brain is a
-    flagged ``new_dark_focus``; on FLAIR the outside one is an extra-axial change."""
+    flagged ``new_dark_focus``; on FLAIR the outside one is an extra-axial change (not
+    flagged under the collection size)."""
     from mri_safety.change.compare import detect_registered, register_pair
     from mri_safety.change.masks import dilate_mm
 
@@ -1138,6 +1139,63 @@ def test_dark_focus_outside_the_brain_is_not_a_t2star_candidate(tmp_path: Path) 
     flair = detect_registered(rp, "flair", params=p)
     out = [c for c in touching(flair, outside) if c["sign"] < 0]
     assert out and out[0]["location"]["tissue"] == "extra_axial", flair.candidates
+    assert not any(c["flagged"] for c in out)
+
+
+def test_new_dark_focus_on_flair_and_t2w_is_flagged_a_fading_lesion_is_not(tmp_path: Path
+                                                                          ) -> None:
+    """FLAIR/T2w decreases are reported where they make a new hypointense focus in the
+    parenchyma (acute blood, calcification, fluid on FLAIR): a 7 mm ball of tissue going
+    to 0.4 x the tissue signal is one flagged ``new_t2_hypointensity``. Two decreases
+    of the same size and strong z are not: a lesion bright at baseline (1.7 x) fading back
+    to tissue, and tissue darkening by 10 % (above 1 / hyper_ratio of the tissue
+    around it), both stay ``t2_signal_decrease``. A 3 mm dark dot (microbleed or
+    perivascular-space size, under ``t2_dark_min_diameter_mm``) is a
+    ``new_t2_hypointensity`` that is not flagged."""
+    from mri_safety.change.compare import detect_registered, register_pair
+
+    rng = np.random.default_rng(41)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    brain = _centred_ellipsoid(shape, (shape[0] * 0.36, shape[1] * 0.40, shape[2] * 0.36))
+    dark, fading, dimmer = (_ball(shape, c, 3.5) for c in ((24, 26, 32), (48, 26, 32),
+                                                            (36, 56, 32)))
+    dot = _ball(shape, (36, 40, 44), 1.5)
+    assert brain[dark | fading | dimmer | dot].all()
+    base = head.copy()
+    base[fading] *= 1.7
+    fu = head.copy()
+    fu[dark] *= 0.4
+    fu[dimmer] *= 0.9
+    fu[dot] *= 0.4
+    paths = _save_noisy(tmp_path, [("base", base), ("fu", fu)], rng)
+    b, f = (sitk.ReadImage(str(q), sitk.sitkFloat32) for q in paths)
+    p = load_params()
+    assert dot.sum() < np.pi / 6 * p.t2_dark_min_diameter_mm ** 3
+    rp = register_pair(b, f, threads=1, seed=p.seed, brain=brain, baseline_n4=b,
+                       followup_n4=f)
+    for contrast in ("flair", "t2w"):
+        res = detect_registered(rp, contrast, params=p)
+
+        def on(where: np.ndarray, res: Any = res) -> list[dict[str, Any]]:
+            return [c for c in res.candidates if np.any((res.labels == c["id"]) & where)]
+
+        hit = on(dark)
+        assert len(hit) == 1 and hit[0]["flagged"], (contrast, res.candidates)
+        assert hit[0]["type"] == "new_t2_hypointensity" and hit[0]["sign"] == -1
+        assert hit[0]["volume_mm3"] > 0.5 * dark.sum()
+        for where in (fading, dimmer):
+            cand = on(where)
+            assert cand and all(c["sign"] == -1 for c in cand), (contrast, res.candidates)
+            assert min(abs(c["peak_z"]) for c in cand) > res.parameters["z_review"]
+            assert not any(c["flagged"] for c in cand), (contrast, cand)
+            assert all(c["type"] == "t2_signal_decrease" for c in cand)
+        small = on(dot)
+        assert len(small) == 1 and abs(small[0]["peak_z"]) > res.parameters["z_review"]
+        assert small[0]["type"] == "new_t2_hypointensity" and not small[0]["flagged"], [
+            (c["type"], c["flagged"], c["volume_mm3"], c["reasons"]) for c in small]
+        assert res.parameters["z_review"] > 3
+        assert sum(c["flagged"] for c in res.candidates) == 1, res.candidates
 
 
 def test_new_bright_collection_does_not_raise_its_own_noise(tmp_path: Path) -> None:

@@ -33,8 +33,10 @@ Pipeline of :func:`detect_pair` (SimpleITK images, LPS geometry; arrays
 7. evidence = |peak z| (+ bonus per agreeing extra contrast, - penalties for an
    adjacent opposite-sign candidate and for baseline-edge-dominated noise); score =
    logistic(evidence - z_review) in [0, 1]; ``flagged`` when score >= 0.5 and
-   the sign is a reportable finding for the contrast. ``z_review`` is a
-   Bonferroni threshold over resolution elements at ``review_fwe_alpha``;
+   the sign is a reportable finding for the contrast (FLAIR/T2w/PD decreases
+   only as a new hypointense focus in the brain: :func:`new_dark_focus`).
+   ``z_review`` is a Bonferroni threshold over resolution elements at
+   ``review_fwe_alpha``;
 8. T1w/FLAIR/T2w brain candidates mostly on tissue that became ventricular CSF
    (contiguous with the baseline ventricles, not contradicted by an extra
    contrast that changed the other way) get ``ventricle_margin``
@@ -97,6 +99,7 @@ from mri_safety.change.zmap import (
     combine_z,
     gradient_magnitude,
     lesion_level,
+    local_tissue,
     match_intensity,
     noise_model,
     remove_low_frequency,
@@ -135,6 +138,16 @@ LESION_LIKE = {"flair", "t2w", "pd", "dwi"}
 #: there, so with cortical and deep grey texture it marked most of the brain (80 % of the
 #: tissue of a synthetic 1 x 1 x 3 mm T2*w), including where microbleeds occur.
 DARK_FOCUS = {"t2starw", "swi"}
+#: T2-family contrasts whose decreases are reported where they make a new hypointense focus:
+#: parenchyma that was not darker than the tissue around it at baseline and is darker than
+#: it by the lesion-like margin at follow-up (``1 / hyper_ratio`` x the local normal
+#: tissue), not on tissue that became ventricular CSF. Acute and subacute blood
+#: (deoxyhaemoglobin, intracellular methaemoglobin) and calcification are dark on T2w and
+#: FLAIR, and so is new fluid on FLAIR: without a T2*w series at a visit, a new 10 mm
+#: haemorrhage showed only as an unreported FLAIR decrease (synthetic demo trial, 24 h).
+#: Other decreases of these contrasts (a lesion fading, a slice-profile shift) stay
+#: ``t2_signal_decrease``, not reported.
+T2_DARK_FOCUS = {"flair", "t2w", "pd"}
 #: extra contrasts pooled voxel-wise with the main z-map (same sign for a new lesion)
 POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
 #: main contrasts whose candidates must also show on a T2-family extra, when the visit has
@@ -531,6 +544,46 @@ def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float
     return loc
 
 
+def new_dark_focus(voxels: NDArray[np.int64], z: NDArray[np.floating],
+                   base: NDArray[np.floating], fu: NDArray[np.floating],
+                   fu_native: NDArray[np.floating], local: NDArray[np.floating],
+                   ratio: float) -> tuple[float, float, int] | None:
+    """Is a decrease candidate a new hypointense focus (:data:`T2_DARK_FOCUS`)?
+
+    Over its core (the voxels of ``voxels``, flat indices, where ``|z|`` is at
+    least half its peak: a core that scales with the focus, not a rim of
+    tissue-level voxels that a strong change spreads to through the smoothing),
+    the mean follow-up relative to the ``local`` normal tissue
+    (:func:`~mri_safety.change.zmap.local_tissue`; ``base``, ``fu`` and
+    ``fu_native`` normalised to the tissue median, on the baseline grid) is at
+    most ``1 / ratio`` (smoothed follow-up, or its own resolution, where a focus
+    smaller than the slice keeps more of its contrast), and the baseline's is
+    above it. Returns (baseline, follow-up) means relative to the local
+    tissue and the number of core voxels (the focus's size: the candidate
+    itself spreads with the strength of the change), or None. Means over the
+    core, not single voxels: tissue texture makes single voxels of a fading
+    lesion or of a slight darkening fall below the level.
+
+    >>> local = np.ones(10, np.float32); z = np.array([-6.0] * 5 + [-1.0] * 5)
+    >>> base = np.ones(10); fu = np.full(10, 0.5); vox = np.arange(10)
+    >>> fu[5:] = 1.0                          # the rim, at tissue level
+    >>> new_dark_focus(vox, z, base, fu, fu, local, 1.2)
+    (1.0, 0.5, 5)
+    >>> new_dark_focus(vox, z, base, 0.9 * base, 0.9 * base, local, 1.2) is None
+    True
+    """
+    zc = np.abs(np.asarray(z).ravel()[voxels])
+    if zc.size == 0:
+        return None
+    core = voxels[zc >= 0.5 * zc.max()]
+    loc = np.maximum(np.asarray(local).ravel()[core], 1e-6)
+    b = float(np.mean(np.asarray(base).ravel()[core] / loc))
+    f = min(float(np.mean(np.asarray(a).ravel()[core] / loc)) for a in (fu, fu_native))
+    if f <= 1.0 / ratio < b:
+        return round(b, 3), round(f, 3), int(core.size)
+    return None
+
+
 def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "flair",
                 region: str = "brain", params: DetectParams | None = None,
                 extra: list[tuple[sitk.Image, sitk.Image, str]] | None = None,
@@ -604,6 +657,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     partner_pos: NDArray[np.bool_] | None = None
     partner_neg: NDArray[np.bool_] | None = None
     bright_now: NDArray[np.bool_] | None = None  # lesion-like follow-up level reached
+    local_t2: NDArray[np.float32] | None = None  # T2_DARK_FOCUS: local normal tissue
     if c in LESION_LIKE:
         # lesion-like: brighter than the surrounding normal tissue by hyper_ratio
         # after smoothing, or at the follow-up's own resolution, where a small focus keeps
@@ -615,6 +669,10 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         native = (zp.fu_native >= level) & (zp.base >= 1.0 / p.hyper_ratio)
         bright_now = (zp.fu >= level) | native
         allowed_pos &= bright_now
+        if c in T2_DARK_FOCUS and sctx is None:
+            # the tissue a new hypointense focus must be darker than (T2_DARK_FOCUS)
+            local_t2 = local_tissue(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm,
+                                    sp)
     else:
         # T1w/SWI/...: a new focus arises in tissue of normal baseline intensity; changes of
         # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)
@@ -874,12 +932,6 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             evidence -= p.edge_penalty
             reasons.append(f"at a baseline intensity edge ({100 * edge_share:.0f}% of noise "
                            f"from misregistration): evidence -{p.edge_penalty:g}")
-        if c in LESION_LIKE and comp.sign > 0 and not is_fluid:
-            reasons.append("follow-up hyperintense relative to the surrounding tissue "
-                           "(lesion-like)")
-        if not reportable and sctx is None and not is_fluid:
-            reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
-                           if extra_axial else f"sign not reported as a finding for {c}")
         if vfrac >= MARGIN_FRACTION and against is not None and on_csf is not None:
             # CSF is CSF on every contrast: where another contrast changed the other way
             # (a mass bright on T2w and on FLAIR, where new CSF is dark) it is tissue. A
@@ -894,6 +946,31 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                     f"{names} changed the other way on {piece_mm3:.0f} mm3 of it (peak z "
                     f"{piece_z:.1f}): not CSF, not attached to a ventricular enlargement")
                 vfrac = 0.0
+        if (local_t2 is not None and comp.sign < 0 and not is_fluid and not extra_axial
+                and vfrac < MARGIN_FRACTION):
+            dark_rel = new_dark_focus(comp.voxels, z_used, zp.base, zp.fu, zp.fu_native,
+                                      local_t2, p.hyper_ratio)
+            if dark_rel is not None:
+                d_min = p.t2_dark_min_diameter_mm
+                core_mm3 = dark_rel[2] * float(np.prod(sp))
+                big = core_mm3 >= np.pi / 6.0 * d_min ** 3
+                ctype, reportable = "new_t2_hypointensity", big
+                reasons.append(f"hypointense relative to the surrounding tissue at follow-up "
+                               f"({dark_rel[1]:.2f} x where |z| is at least half its peak; "
+                               f"below 1/{p.hyper_ratio:g}) and not at baseline "
+                               f"({dark_rel[0]:.2f} x): a new dark focus (blood products, "
+                               f"calcification or fluid)")
+                if not big:
+                    reasons.append(f"its core ({core_mm3:.0f} mm3) is smaller than a "
+                                   f"{d_min:g} mm sphere: on {c} a dark dot "
+                                   f"of microbleed size is as often a perivascular space or a "
+                                   f"vessel (microbleeds: T2*w/SWI)")
+        if c in LESION_LIKE and comp.sign > 0 and not is_fluid:
+            reasons.append("follow-up hyperintense relative to the surrounding tissue "
+                           "(lesion-like)")
+        if not reportable and sctx is None and not is_fluid and ctype != "new_t2_hypointensity":
+            reasons.append(f"extra-axial and smaller than {p.extra_axial_min_volume_mm3:g} mm3"
+                           if extra_axial else f"sign not reported as a finding for {c}")
         if vfrac >= MARGIN_FRACTION:
             reasons.append(f"{100 * vfrac:.0f}% on tissue that became ventricular CSF "
                            "(ventricular-enlargement pattern)")
