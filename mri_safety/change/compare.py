@@ -99,6 +99,7 @@ from mri_safety.change.zmap import (
     combine_z,
     gradient_magnitude,
     lesion_level,
+    level_from_local,
     local_tissue,
     match_intensity,
     noise_model,
@@ -665,14 +666,13 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
         # blur); the latter only on baseline tissue of normal intensity: on partial-volume
         # CSF (ventricle, sulcal and cistern margins) a native-resolution increase is as
         # well explained by the thick slices' partial volume shifting, or by CSF flow
-        level = lesion_level(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm, sp)
+        local = local_tissue(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm, sp)
+        level = level_from_local(local, p.hyper_ratio)
         native = (zp.fu_native >= level) & (zp.base >= 1.0 / p.hyper_ratio)
         bright_now = (zp.fu >= level) | native
         allowed_pos &= bright_now
         if c in T2_DARK_FOCUS and sctx is None:
-            # the tissue a new hypointense focus must be darker than (T2_DARK_FOCUS)
-            local_t2 = local_tissue(zp.base, zp.tissue, p.hyper_ratio, p.local_reference_mm,
-                                    sp)
+            local_t2 = local  # the tissue a new hypointense focus must be darker than
     else:
         # T1w/SWI/...: a new focus arises in tissue of normal baseline intensity; changes of
         # structures already abnormal at baseline (vessels with variable inflow, fat, CSF)

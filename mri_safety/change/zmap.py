@@ -204,9 +204,15 @@ def lesion_level(base: NDArray[np.floating], tissue: NDArray[np.bool_], ratio: f
     >>> [round(float(dl[i, 10, 10]), 3) for i in (5, 30)]
     [0.833, 0.958]
     """
+    return level_from_local(local_tissue(base, tissue, ratio, sigma_mm, spacing_mm), ratio,
+                            sign)
+
+
+def level_from_local(local: NDArray[np.floating], ratio: float, sign: int = 1
+                     ) -> NDArray[np.float32]:
+    """:func:`lesion_level` from an already computed :func:`local_tissue` map."""
     if sign not in (1, -1):
         raise ValueError("lesion_level: sign must be +1 or -1")
-    local = local_tissue(base, tissue, ratio, sigma_mm, spacing_mm)
     if sign < 0:
         return (np.maximum(1.0, local) / ratio).astype(np.float32)
     return (ratio * np.minimum(1.0, local)).astype(np.float32)
