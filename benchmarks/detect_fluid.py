@@ -23,7 +23,10 @@ tissue, at white-matter, periventricular and deep grey sites in turn, at least
 
 Comparisons (``detect_pair``, what the pipeline runs): T2w pooled with the
 FLAIR pair (``T2w + FLAIR``), FLAIR pooled with the T2w pair (``FLAIR +
-T2w``), and T2w alone (a single series' view, for reference). A cyst is found
+T2w``), T2w alone (a single series' view, for reference) and FLAIR alone
+(a visit with FLAIR but no T2w, as in the demo's T1w + FLAIR protocol: there
+the cyst can only show as a new FLAIR-hypointense focus,
+``compare.new_dark_focus``). A cyst is found
 when a flagged candidate has a voxel within (radius + the largest baseline
 voxel side) of its true centre; every other flagged candidate is a false
 positive. Per cyst the largest |z| of the pooled map (``zmap.nii.gz``) and of
@@ -58,7 +61,8 @@ warnings.filterwarnings("ignore")
 #: comparison -> (series, contrast, pooled partner (series, contrast) or None)
 COMPARISONS = {"T2w + FLAIR": ("T2w", "t2w", ("FLAIR", "flair")),
                "FLAIR + T2w": ("FLAIR", "flair", ("T2w", "t2w")),
-               "T2w alone": ("T2w", "t2w", None)}
+               "T2w alone": ("T2w", "t2w", None),
+               "FLAIR alone": ("FLAIR", "flair", None)}
 SIZE_BINS = ((3.0, 5.0), (5.0, 10.0), (10.0, np.inf))
 SITES = ("wm", "periventricular", "deep")
 
@@ -179,8 +183,8 @@ def main() -> None:
     body = table(cysts, pairs, cmd)
     print(body)
     for c in cysts:
-        if not c.found and c.comparison == "T2w + FLAIR":
-            print(f"missed: {c.protocol} {c.site} {c.size_mm:.1f} mm, pooled |z| "
+        if not c.found and c.comparison in ("T2w + FLAIR", "FLAIR alone"):
+            print(f"missed: {c.protocol} {c.comparison} {c.site} {c.size_mm:.1f} mm, pooled |z| "
                   f"{c.pooled_z:.1f}, fluid z {c.fluid_z:.1f}: {c.why}")
     if a.write:
         write_section("New fluid (cysts) on synthetic pairs (issue 5)", body)

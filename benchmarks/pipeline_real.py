@@ -133,9 +133,13 @@ def ms_scores(out: Path, patient: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-write", dest="write", action="store_false")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="write the trials (DICOM, outputs, evidence) here and keep them, "
+                         "to look at; default: a temporary folder, removed")
     a = ap.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or Path(scratch)
         makers: list[tuple[str, Any]] = [
             ("positions-2d", positions_trial), ("t1-3d-moved", moved_t1_trial),
             *[(f"ms-{pt}", lambda root, pt=pt: ms_trial(root, pt))

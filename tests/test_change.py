@@ -1198,6 +1198,48 @@ def test_new_dark_focus_on_flair_and_t2w_is_flagged_a_fading_lesion_is_not(tmp_p
         assert sum(c["flagged"] for c in res.candidates) == 1, res.candidates
 
 
+@pytest.mark.parametrize("change", ["rim", "cyst"])
+def test_flair_dark_focus_beside_the_ventricles_is_not_taken_for_enlargement(
+        tmp_path: Path, change: str) -> None:
+    """FLAIR alone (CSF dark): ventricles grown by one voxel all round ("rim") are new
+    ventricular CSF, marked ``ventricle_margin`` and not flagged. A 9 mm ball of tissue
+    abutting the baseline ventricles that turns CSF-dark ("cyst": a cyst or bleed beside
+    them) lies on what the ventricle rule takes for new ventricular CSF too, but it
+    reaches 9 mm into the parenchyma, more than half its own width: it is one flagged
+    ``new_t2_hypointensity``, not marked. Before 2026-12-07 it was marked and never
+    flagged."""
+    from mri_safety.change.compare import detect_registered, register_pair
+
+    rng = np.random.default_rng(43)
+    shape = (72, 80, 64)
+    head = _synthetic_head(shape, rng)
+    brain = _centred_ellipsoid(shape, (shape[0] * 0.36, shape[1] * 0.40, shape[2] * 0.36))
+    v0 = _centred_ellipsoid(shape, (4, 10, 5))        # the phantom's ventricles (20)
+    fu = head.copy()
+    if change == "rim":
+        where = _centred_ellipsoid(shape, (5, 11, 6)) & ~v0
+    else:                                              # centre 4.5 voxels off the wall
+        where = _ball(shape, (35.5 + 4 + 4.5, 39.5, 31.5), 4.5) & ~v0
+    assert brain[where].all()
+    fu[where] = 20.0 + (head[where] - 100.0) * 0.1
+    paths = _save_noisy(tmp_path, [("base", head), ("fu", fu)], rng)
+    b, f = (sitk.ReadImage(str(q), sitk.sitkFloat32) for q in paths)
+    p = load_params()
+    rp = register_pair(b, f, threads=1, seed=p.seed, brain=brain, baseline_n4=b,
+                       followup_n4=f)
+    res = detect_registered(rp, "flair", params=p)
+    on = [c for c in res.candidates if np.any((res.labels == c["id"]) & where)]
+    assert on and all(c["sign"] == -1 for c in on), res.candidates
+    if change == "rim":
+        assert not any(c["flagged"] for c in res.candidates), res.candidates
+        assert any(c["ventricle_margin"] for c in on), on
+    else:
+        assert len(on) == 1 and on[0]["flagged"] and not on[0]["ventricle_margin"], on
+        assert on[0]["type"] == "new_t2_hypointensity"
+        assert any("not their enlargement" in r for r in on[0]["reasons"]), on
+        assert sum(c["flagged"] for c in res.candidates) == 1, res.candidates
+
+
 def test_new_bright_collection_does_not_raise_its_own_noise(tmp_path: Path) -> None:
     """A new bright collection between the brain and the 'skull' (follow-up only,
     0.6 or 1.2 x the tissue signal, 6 mm thick) does not set its own local noise SD

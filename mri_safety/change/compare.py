@@ -108,6 +108,7 @@ from mri_safety.change.zmap import (
     signed_local_robust_sd,
 )
 from mri_safety.distance import distance_to_mm
+from mri_safety.morphometry.volumes import ventricle_mask
 from mri_safety.preprocess.bias import n4_correct
 from mri_safety.preprocess.grid import to_analysis_grid
 from mri_safety.preprocess.spine import spine_masks
@@ -548,7 +549,7 @@ def _location(c: Component, brain: NDArray[np.bool_], depth_mm: NDArray[np.float
 def new_dark_focus(voxels: NDArray[np.int64], z: NDArray[np.floating],
                    base: NDArray[np.floating], fu: NDArray[np.floating],
                    fu_native: NDArray[np.floating], local: NDArray[np.floating],
-                   ratio: float) -> tuple[float, float, int] | None:
+                   ratio: float) -> tuple[float, float, float] | None:
     """Is a decrease candidate a new hypointense focus (:data:`T2_DARK_FOCUS`)?
 
     Over its core (the voxels of ``voxels``, flat indices, where ``|z|`` is at
@@ -559,17 +560,17 @@ def new_dark_focus(voxels: NDArray[np.int64], z: NDArray[np.floating],
     ``fu_native`` normalised to the tissue median, on the baseline grid) is at
     most ``1 / ratio`` (smoothed follow-up, or its own resolution, where a focus
     smaller than the slice keeps more of its contrast), and the baseline's is
-    above it. Returns (baseline, follow-up) means relative to the local
-    tissue and the number of core voxels (the focus's size: the candidate
-    itself spreads with the strength of the change), or None. Means over the
-    core, not single voxels: tissue texture makes single voxels of a fading
-    lesion or of a slight darkening fall below the level.
+    above it. Means over the core, not single voxels: tissue texture makes
+    single voxels of a fading lesion or of a slight darkening fall below the
+    level. Returns (baseline, follow-up) means relative to the local tissue and
+    the focus's size in voxels (:func:`deficit_volume` over the whole
+    candidate), or None.
 
     >>> local = np.ones(10, np.float32); z = np.array([-6.0] * 5 + [-1.0] * 5)
     >>> base = np.ones(10); fu = np.full(10, 0.5); vox = np.arange(10)
     >>> fu[5:] = 1.0                          # the rim, at tissue level
     >>> new_dark_focus(vox, z, base, fu, fu, local, 1.2)
-    (1.0, 0.5, 5)
+    (1.0, 0.5, 5.0)
     >>> new_dark_focus(vox, z, base, 0.9 * base, 0.9 * base, local, 1.2) is None
     True
     """
@@ -581,8 +582,54 @@ def new_dark_focus(voxels: NDArray[np.int64], z: NDArray[np.floating],
     b = float(np.mean(np.asarray(base).ravel()[core] / loc))
     f = min(float(np.mean(np.asarray(a).ravel()[core] / loc)) for a in (fu, fu_native))
     if f <= 1.0 / ratio < b:
-        return round(b, 3), round(f, 3), int(core.size)
+        return round(b, 3), round(f, 3), round(deficit_volume(voxels, base, fu_native, local), 2)
     return None
+
+
+def focus_reach_mm(voxels: NDArray[np.int64], base: NDArray[np.floating],
+                   fu: NDArray[np.floating], local: NDArray[np.floating],
+                   dist_mm: NDArray[np.floating]) -> float:
+    """How far (mm) a dark focus reaches from a structure: the largest of
+    ``dist_mm`` (distance to it, e.g. the baseline ventricles, world mm) over
+    the voxels of ``voxels`` whose deficit (:func:`deficit_volume`) is at
+    least half the deepest: the focus, not the smoothing's rim around it.
+
+    >>> base = np.ones(5); loc = np.ones(5); dist = np.arange(5.0)
+    >>> focus_reach_mm(np.arange(5), base, np.array([0.2, 0.2, 0.3, 0.9, 0.95]), loc, dist)
+    2.0
+    """
+    loc = np.maximum(np.asarray(local).ravel()[voxels], 1e-6)
+    d = (np.asarray(base).ravel()[voxels] - np.asarray(fu).ravel()[voxels]) / loc
+    if d.size == 0 or float(d.max()) <= 0:
+        return 0.0
+    return float(np.asarray(dist_mm).ravel()[voxels][d >= 0.5 * d.max()].max())
+
+
+def deficit_volume(voxels: NDArray[np.int64], base: NDArray[np.floating],
+                   fu: NDArray[np.floating], local: NDArray[np.floating]) -> float:
+    """Size (voxels) of a new dark focus: its intensity deficit summed over the
+    candidate, divided by its deepest point.
+
+    Deficit = (baseline - follow-up) / local tissue per voxel of ``voxels`` (flat
+    indices; arrays on one grid, the follow-up at its own resolution), negative
+    values clipped. Partial volume spreads a focus's deficit over more voxels
+    but keeps its sum, so this is the volume of a focus as dark as the darkest
+    voxel that removes the same signal: a 6 mm cyst in 4 mm slices measures
+    about its own volume, where the voxels with ``|z|`` over half its peak
+    (the noise model raises the noise at its own edges) cover a fraction of it
+    and those below the level, partial-volumed slices included, twice it.
+    Smaller than a voxel, its darkest voxel is partial-volumed too and the
+    size is over-estimated by up to the inverse of that fraction.
+
+    >>> base = np.ones(6); loc = np.ones(6)
+    >>> fu = np.array([0.0, 0.0, 0.5, 0.5, 1.0, 1.25])  # 2 dark voxels, 2 half-dark
+    >>> deficit_volume(np.arange(6), base, fu, loc)
+    3.0
+    """
+    loc = np.maximum(np.asarray(local).ravel()[voxels], 1e-6)
+    d = (np.asarray(base).ravel()[voxels] - np.asarray(fu).ravel()[voxels]) / loc
+    top = float(d.max()) if d.size else 0.0
+    return float(np.clip(d, 0.0, None).sum() / top) if top > 0 else 0.0
 
 
 def detect_pair(baseline: sitk.Image, followup: sitk.Image, contrast: str = "flair",
@@ -839,6 +886,7 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     on_csf = grown & ~against if grown is not None and against is not None else None
     # FLAIR-hyperintense at follow-up: a part of a "fluid at both visits" candidate that is not
     flair_bright = fluid[1] >= p.hyper_ratio if fluid is not None else None
+    vdist: NDArray[np.float32] | None = None  # distance to the baseline ventricles, mm (lazy)
     n_lesion_map = len(comps)
     comps = comps + fluid_comps
     for n_comp, comp in enumerate(comps):
@@ -946,23 +994,41 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
                     f"{names} changed the other way on {piece_mm3:.0f} mm3 of it (peak z "
                     f"{piece_z:.1f}): not CSF, not attached to a ventricular enlargement")
                 vfrac = 0.0
-        if (local_t2 is not None and comp.sign < 0 and not is_fluid and not extra_axial
-                and vfrac < MARGIN_FRACTION):
+        if local_t2 is not None and comp.sign < 0 and not is_fluid and not extra_axial:
             dark_rel = new_dark_focus(comp.voxels, z_used, zp.base, zp.fu, zp.fu_native,
                                       local_t2, p.hyper_ratio)
+            d_min = p.t2_dark_min_diameter_mm
+            size_mm3 = dark_rel[2] * float(np.prod(sp)) if dark_rel is not None else 0.0
+            if dark_rel is not None and vfrac >= MARGIN_FRACTION:
+                # on what the ventricle rule takes for new ventricular CSF: enlargement
+                # widens the ventricles all round, by well under a millimetre a year in
+                # atrophy; a dark focus that reaches d_min into the parenchyma and is at
+                # least half as deep as it is wide is a mass beside them (a cyst, a bleed)
+                if vdist is None:
+                    # inf everywhere without ventricles: no margin candidate then anyway
+                    vdist = distance_to_mm(ventricle_mask(zp.base, zp.parenchyma, sp3, "dark"),
+                                           sp3)
+                reach = focus_reach_mm(comp.voxels, zp.base, zp.fu_native, local_t2, vdist)
+                d_eq = float(np.cbrt(6.0 * size_mm3 / np.pi))  # equivalent-sphere diameter
+                if reach >= max(d_min, d_eq / 2.0):
+                    reasons.append(f"on what the {c} ventricle rule takes for new ventricular "
+                                   f"CSF, but it reaches {reach:.1f} mm from the baseline "
+                                   f"ventricle wall ({d_eq:.1f} mm wide): a focal mass beside "
+                                   f"the ventricles, not their enlargement")
+                    vfrac = 0.0
+                else:
+                    dark_rel = None
             if dark_rel is not None:
-                d_min = p.t2_dark_min_diameter_mm
-                core_mm3 = dark_rel[2] * float(np.prod(sp))
-                big = core_mm3 >= np.pi / 6.0 * d_min ** 3
+                big = size_mm3 >= np.pi / 6.0 * d_min ** 3
                 ctype, reportable = "new_t2_hypointensity", big
                 reasons.append(f"hypointense relative to the surrounding tissue at follow-up "
                                f"({dark_rel[1]:.2f} x where |z| is at least half its peak; "
                                f"below 1/{p.hyper_ratio:g}) and not at baseline "
                                f"({dark_rel[0]:.2f} x): a new dark focus (blood products, "
-                               f"calcification or fluid)")
+                               f"calcification or fluid) of {size_mm3:.0f} mm3 (its signal "
+                               f"deficit over its deepest point)")
                 if not big:
-                    reasons.append(f"its core ({core_mm3:.0f} mm3) is smaller than a "
-                                   f"{d_min:g} mm sphere: on {c} a dark dot "
+                    reasons.append(f"smaller than a {d_min:g} mm sphere: on {c} a dark dot "
                                    f"of microbleed size is as often a perivascular space or a "
                                    f"vessel (microbleeds: T2*w/SWI)")
         if c in LESION_LIKE and comp.sign > 0 and not is_fluid:

@@ -45,12 +45,15 @@ class DetectParams(BaseModel):
         inside the intracranial mask) is flagged only from this volume on (a
         collection worth reporting; vessels and sinuses with variable flow are smaller).
     t2_dark_min_diameter_mm: a FLAIR/T2w/PD decrease that makes a new hypointense
-        focus (``compare.new_dark_focus``) is flagged when its core (the voxels where
-        ``|z|`` is at least half its peak) has the volume of a sphere of this
-        diameter (world mm). FLAIR and T2w are the insensitive sequences for
-        small blood products: microbleeds, commonly 2-5 mm (Greenberg et al., Lancet
-        Neurol 2009;8:165-74), are found by T2*w/SWI; on FLAIR alone a dark dot of
-        that size is as often a perivascular space or a vessel.
+        focus (``compare.new_dark_focus``) is flagged when its size (its signal
+        deficit summed over the candidate, divided by its deepest point:
+        ``compare.deficit_volume``) reaches the volume of a sphere of this
+        diameter (world mm); beside the ventricles it must also reach this far
+        into the parenchyma (``compare.focus_reach_mm``). FLAIR and T2w are the
+        insensitive sequences for small blood products: microbleeds, commonly
+        2-5 mm (Greenberg et al., Lancet Neurol 2009;8:165-74), are found by
+        T2*w/SWI; on FLAIR alone a dark dot of that size is as often a
+        perivascular space or a vessel.
     dipole_mm / dipole_penalty: a candidate with an opposite-sign candidate within
         ``dipole_mm`` (the pattern of a local shift) loses ``dipole_penalty`` z of evidence.
     edge_penalty: evidence z removed when most of a candidate's modelled noise comes
