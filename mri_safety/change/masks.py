@@ -137,14 +137,38 @@ def _under_the_skull(brain: NDArray[np.bool_], head_img: sitk.Image) -> bool:
     return float((near_surface & brain).sum()) / n <= 0.2
 
 
+#: depth (mm) of the head's outer layer blanked for the second template fit: the
+#: adult scalp and skull together are about 10-15 mm thick, the brain lies deeper
+SCALP_MM = 10.0
+
+
+def without_scalp(image: sitk.Image, head_img: sitk.Image, depth_mm: float = SCALP_MM
+                  ) -> sitk.Image:
+    """``image`` with every voxel less than ``depth_mm`` (world mm) inside the
+    head set to 0; the head is ``head_img`` (Otsu foreground) closed by 6 mm and
+    filled, as in :func:`_under_the_skull`. For the template fit only: with the
+    bright scalp gone (fat on T1w and T2w), the fit cannot take the scalp's
+    outline for the brain's."""
+    sp = tuple(float(s) for s in head_img.GetSpacing())
+    r = [max(1, int(round(6.0 / s))) for s in sp]
+    closed = arr(sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head_img, r),
+                                     fullyConnected=False)) > 0
+    keep = eroded_mm(closed, depth_mm, sp)
+    return img_like(np.where(keep, arr(image), 0.0).astype(np.float32), image)
+
+
 def brain_mask(image: sitk.Image) -> MaskSet:
     """Brain and intracranial masks ``[i, j, k]`` of a (bias-corrected) head image.
 
-    Prefers :func:`mri_safety.preprocess.masks.brain_masks` (MNI template fit);
-    if that module is missing or fails, or its brain mask is not at least 80 %
-    inside the head mask (a fit gone astray) nor passes :func:`_under_the_skull`,
-    the morphological FALLBACK is used and the intracranial mask is the brain
-    dilated by 3 mm within the head.
+    Prefers :func:`mri_safety.preprocess.masks.brain_masks` (MNI template fit).
+    A fit is accepted when its brain mask is at least 80 % inside the head mask
+    or passes :func:`_under_the_skull`. When the fit to the image is not, it is
+    tried once more on the image without its outer :data:`SCALP_MM`
+    (:func:`without_scalp`; the masks are still made on the image): the
+    thick-slice T1W and T2W of the MS pairs, whose first fits scale the
+    template to the scalp, are accepted that way. If neither is accepted, or
+    the module is missing or fails, the morphological FALLBACK is used and the
+    intracranial mask is the brain dilated by 3 mm within the head.
     """
     head_img = head_mask(image)
     head = arr(head_img) > 0
@@ -158,18 +182,20 @@ def brain_mask(image: sitk.Image) -> MaskSet:
         # candidates.json must be identical on two runs
         mp = MaskParams()
         mp = dataclasses.replace(mp, registration=dataclasses.replace(mp.registration, threads=1))
-        bm = brain_masks(image, mp)
-        brain = arr(bm.brain) > 0
-        icv = arr(bm.intracranial) > 0
-        # a template fit that went astray covers air: the brain must lie in the head
-        # (real heads: 0.90-0.98 inside the Otsu head mask, which misses some dark
-        # CSF and slab-edge brain; a failed fit on a phantom: <= 0.6)
-        inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
-        if brain.sum() >= 1000 and (inside >= 0.8 or _under_the_skull(brain, head_img)):
-            return MaskSet(brain, icv | brain, "preprocess.masks.brain_masks (MNI template)",
-                           subject_to_mni_ras(bm.template_to_subject))
-        if brain.sum() >= 1000:
-            template = brain, icv | brain
+        for fit, how in ((None, ""), (without_scalp, ", fitted without the scalp")):
+            bm = brain_masks(image, mp, None if fit is None else fit(image, head_img))
+            brain = arr(bm.brain) > 0
+            icv = arr(bm.intracranial) > 0
+            # a template fit that went astray covers air: the brain must lie in the head
+            # (real heads: 0.90-0.98 inside the Otsu head mask, which misses some dark
+            # CSF and slab-edge brain; a failed fit on a phantom: <= 0.6)
+            inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
+            if brain.sum() >= 1000 and (inside >= 0.8 or _under_the_skull(brain, head_img)):
+                return MaskSet(brain, icv | brain,
+                               f"preprocess.masks.brain_masks (MNI template{how})",
+                               subject_to_mni_ras(bm.template_to_subject))
+            if brain.sum() >= 1000 and template is None:
+                template = brain, icv | brain
     except ImportError:
         pass
     except (ValueError, RuntimeError):  # a failing optional stage must not stop detection

@@ -185,11 +185,15 @@ def _head_in(img: sitk.Image, crop: sitk.Image) -> np.ndarray:
     return out
 
 
-def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMasks:
+def brain_masks(image: sitk.Image, params: MaskParams | None = None,
+                fit_image: sitk.Image | None = None) -> BrainMasks:
     """Brain and intracranial masks of a (preferably bias-corrected) head image.
 
     Works for T1, T2 and FLAIR, 3D or thick-slice 2D, full or partial head
-    coverage (only the covered part is masked). Raises ``ValueError`` if the
+    coverage (only the covered part is masked). ``fit_image`` (same grid): the
+    image the template is fitted to, when not ``image`` itself (e.g. with the
+    scalp blanked: :func:`mri_safety.change.masks.brain_mask`); the masks are
+    always refined on ``image``. Raises ``ValueError`` if the
     template cannot be fitted (empty warped mask). The post-processing runs on
     the subject box covering the warped template (+ the band and dilation
     widths), which gives the same masks as the full grid at ~1/4 of the cost.
@@ -198,7 +202,8 @@ def brain_masks(image: sitk.Image, params: MaskParams | None = None) -> BrainMas
     full = sitk.Cast(image, sitk.sitkFloat32)
     t1, prob, icv = mni_template(p.template_resolution)
     metric_mask = _metric_mask(p.template_resolution, p.metric_dilate_mm)
-    res = register(t1, full, metric_mask, None, p.registration)
+    moving = full if fit_image is None else sitk.Cast(fit_image, sitk.sitkFloat32)
+    res = register(t1, moving, metric_mask, None, p.registration)
     inv = res.transform.GetInverse()  # subject -> template points
     start, size = _work_region(full, icv, res.transform,
                                max(p.band_mm, p.icv_dilate_mm) + 2.0)
