@@ -586,6 +586,13 @@ def new_dark_focus(voxels: NDArray[np.int64], z: NDArray[np.floating],
     return None
 
 
+def _deficit(voxels: NDArray[np.int64], base: NDArray[np.floating],
+             fu: NDArray[np.floating], local: NDArray[np.floating]) -> NDArray[np.floating]:
+    """(baseline - follow-up) / local tissue at the flat indices ``voxels``."""
+    loc = np.maximum(np.asarray(local).ravel()[voxels], 1e-6)
+    return (np.asarray(base).ravel()[voxels] - np.asarray(fu).ravel()[voxels]) / loc
+
+
 def focus_reach_mm(voxels: NDArray[np.int64], base: NDArray[np.floating],
                    fu: NDArray[np.floating], local: NDArray[np.floating],
                    dist_mm: NDArray[np.floating]) -> float:
@@ -598,8 +605,7 @@ def focus_reach_mm(voxels: NDArray[np.int64], base: NDArray[np.floating],
     >>> focus_reach_mm(np.arange(5), base, np.array([0.2, 0.2, 0.3, 0.9, 0.95]), loc, dist)
     2.0
     """
-    loc = np.maximum(np.asarray(local).ravel()[voxels], 1e-6)
-    d = (np.asarray(base).ravel()[voxels] - np.asarray(fu).ravel()[voxels]) / loc
+    d = _deficit(voxels, base, fu, local)
     if d.size == 0 or float(d.max()) <= 0:
         return 0.0
     return float(np.asarray(dist_mm).ravel()[voxels][d >= 0.5 * d.max()].max())
@@ -626,8 +632,7 @@ def deficit_volume(voxels: NDArray[np.int64], base: NDArray[np.floating],
     >>> deficit_volume(np.arange(6), base, fu, loc)
     3.0
     """
-    loc = np.maximum(np.asarray(local).ravel()[voxels], 1e-6)
-    d = (np.asarray(base).ravel()[voxels] - np.asarray(fu).ravel()[voxels]) / loc
+    d = _deficit(voxels, base, fu, local)
     top = float(d.max()) if d.size else 0.0
     return float(np.clip(d, 0.0, None).sum() / top) if top > 0 else 0.0
 

@@ -111,6 +111,14 @@ class MaskSet(NamedTuple):
     subject_to_mni: NDArray[np.float64] | None = None
 
 
+def _closed_head(head_img: sitk.Image) -> NDArray[np.bool_]:
+    """The head mask ``head_img`` closed by 6 mm and its holes filled, ``[i, j, k]``."""
+    r = [max(1, int(round(6.0 / float(s)))) for s in head_img.GetSpacing()]
+    closed = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head_img, r),
+                                 fullyConnected=False)
+    return arr(closed) > 0
+
+
 def _under_the_skull(brain: NDArray[np.bool_], head_img: sitk.Image) -> bool:
     """Second look at a template fit that failed the Otsu head-mask test.
 
@@ -126,10 +134,7 @@ def _under_the_skull(brain: NDArray[np.bool_], head_img: sitk.Image) -> bool:
     tests. Only evaluated when the first test fails. ``head_img``: the image's
     :func:`~mri_safety.preprocess.bias.head_mask`."""
     sp = tuple(float(s) for s in head_img.GetSpacing())
-    r = [max(1, int(round(6.0 / s))) for s in sp]
-    closed = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head_img, r),
-                                 fullyConnected=False)
-    head = arr(closed) > 0
+    head = _closed_head(head_img)
     n = max(int(brain.sum()), 1)
     if float((brain & head).sum()) / n < 0.9:
         return False
@@ -150,10 +155,7 @@ def without_scalp(image: sitk.Image, head_img: sitk.Image, depth_mm: float = SCA
     bright scalp gone (fat on T1w and T2w), the fit cannot take the scalp's
     outline for the brain's."""
     sp = tuple(float(s) for s in head_img.GetSpacing())
-    r = [max(1, int(round(6.0 / s))) for s in sp]
-    closed = arr(sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(head_img, r),
-                                     fullyConnected=False)) > 0
-    keep = eroded_mm(closed, depth_mm, sp)
+    keep = eroded_mm(_closed_head(head_img), depth_mm, sp)
     return img_like(np.where(keep, arr(image), 0.0).astype(np.float32), image)
 
 
