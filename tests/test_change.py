@@ -1051,6 +1051,28 @@ def test_extra_axial_collection_over_the_convexity_is_flagged() -> None:
     assert max(x["volume_mm3"] for x in hits) > 0.3 * vol  # measured 2151 of 3842 mm3 (2026-12-07)
 
 
+
+@pytest.mark.slow
+def test_sinus_change_under_the_skull_base_is_not_an_extra_axial_finding() -> None:
+    """Real MS patient03 T2w, study1 -> study2 (3 mm axial slices; the expert
+    marks only lesion changes, no collection). The mucosa of the ethmoid and the
+    orbital contents under the anterior cranial fossa differ between the visits
+    (slice position, sinus content). The intracranial mask reaches past the
+    template's intracranial region only through the vault
+    (``preprocess.masks.vault_reach``); before 2026-12-07 its 3 mm band and
+    dilation reached down into the ethmoid and this pair flagged three
+    "extra-axial changes" of 286-402 mm3 there (after: none flagged, and no
+    extra-axial candidate over 88 mm3 left at the skull base)."""
+    d = need_data("longitudinal-ms", "patient03")
+    b = sitk.ReadImage(str(d / "study1_T2W.nii.gz"), sitk.sitkFloat32)
+    f = sitk.ReadImage(str(d / "study2_T2W.nii.gz"), sitk.sitkFloat32)
+    res = detect_pair(b, f, contrast="t2w")
+    extra = [(x["volume_mm3"], x["centroid_ras_mm"], x["flagged"]) for x in res.candidates
+             if x["type"] == "extra_axial_change"]
+    print("extra-axial candidates:", extra[:8])
+    assert res.parameters["mask_method"].startswith("preprocess.masks.brain_masks (MNI")
+    assert not [x for x in extra if x[2]], extra
+
 def _head_with_gap(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """A 72 x 80 x 64 (1 mm) textured 'brain' (100), a dark 6 mm gap (5) and a bright
     'skull' (120): ``brain, outer`` (brain + gap), ``skull, head`` (the baseline),
