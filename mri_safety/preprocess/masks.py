@@ -179,13 +179,14 @@ def vault_reach(resolution: int = 2, reach_mm: float = 12.0) -> sitk.Image:
     # (the nearest boundary point instead follows every 2 mm bump of the gyri
     # recti and leaves islands under the fossa floor)
     smooth = ndi.gaussian_filter(inside.astype(np.float64), NORMAL_SIGMA_MM / sp)
+    rot = np.asarray(icv.GetDirection(), float).reshape(3, 3)
     grad = np.stack(np.gradient(smooth, *sp))[::-1].reshape(3, -1)  # d/dx, d/dy, d/dz (index)
-    out_dir = -(np.asarray(icv.GetDirection(), float).reshape(3, 3) @ grad)  # physical
+    out_dir = -(rot @ grad)  # physical (LPS)
     norm = np.linalg.norm(out_dir, axis=0)
-    down = (out_dir[2] <= -SKULL_BASE_COS * norm).reshape(inside.shape)
-    ras_y = -(np.asarray([icv.TransformIndexToPhysicalPoint((0, j, 0))[1]
-                          for j in range(inside.shape[1])]))
-    down &= (ras_y >= ANTERIOR_Y_MM)[None, :, None]
+    down = out_dir[2] <= -SKULL_BASE_COS * norm
+    idx_mm = np.indices(inside.shape).reshape(3, -1)[::-1] * sp[::-1, None]  # x, y, z
+    ras_y = -(icv.GetOrigin()[1] + (rot @ idx_mm)[1])  # LPS y -> RAS y
+    down = (down & (ras_y >= ANTERIOR_Y_MM)).reshape(inside.shape)
     keep = inside | ((dist <= reach_mm) & ~down)
     out = sitk.GetImageFromArray(keep.astype(np.uint8))
     out.CopyInformation(icv)
