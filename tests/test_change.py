@@ -1051,7 +1051,6 @@ def test_extra_axial_collection_over_the_convexity_is_flagged() -> None:
     assert max(x["volume_mm3"] for x in hits) > 0.3 * vol  # measured 2151 of 3842 mm3 (2026-12-07)
 
 
-
 @pytest.mark.slow
 def test_sinus_change_under_the_skull_base_is_not_an_extra_axial_finding() -> None:
     """Real MS patient03 T2w, study1 -> study2 (3 mm axial slices; the expert
@@ -1072,6 +1071,7 @@ def test_sinus_change_under_the_skull_base_is_not_an_extra_axial_finding() -> No
     print("extra-axial candidates:", extra[:8])
     assert res.parameters["mask_method"].startswith("preprocess.masks.brain_masks (MNI")
     assert not [x for x in extra if x[2]], extra
+
 
 def _head_with_gap(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """A 72 x 80 x 64 (1 mm) textured 'brain' (100), a dark 6 mm gap (5) and a bright

@@ -281,17 +281,18 @@ def brain_masks(image: sitk.Image, params: MaskParams | None = None,
     start, size = _work_region(full, icv, res.transform,
                                max(p.band_mm, p.icv_dilate_mm) + 2.0)
     img = sitk.RegionOfInterest(full, size, start)
-    bprob = sitk.Resample(prob, img, inv, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    brain0 = sitk.Cast(bprob > 0.5, sitk.sitkUInt8)
-    icv_w = sitk.Resample(sitk.Cast(icv, sitk.sitkFloat32), img, inv, sitk.sitkLinear, 0.0,
-                          sitk.sitkFloat32)
-    icv0 = sitk.Cast(icv_w > 0.5, sitk.sitkUInt8)
-    reach_w = sitk.Resample(sitk.Cast(vault_reach(p.template_resolution, p.vault_reach_mm),
-                                      sitk.sitkFloat32), img, inv, sitk.sitkLinear, 0.0,
-                            sitk.sitkFloat32)
-    allowed = sitk.GetArrayViewFromImage(reach_w) > 0.5
+
+    def warped(template_map: sitk.Image) -> sitk.Image:
+        """A template map or mask on ``img``, linearly resampled, > 0.5 (UInt8)."""
+        return sitk.Resample(sitk.Cast(template_map, sitk.sitkFloat32), img, inv,
+                             sitk.sitkLinear, 0.0, sitk.sitkFloat32) > 0.5
+
+    brain0 = warped(prob)
+    icv0 = warped(icv)
     if sitk.GetArrayViewFromImage(brain0).sum() == 0:
         raise ValueError("template fit failed: warped brain mask is empty")
+    allowed = sitk.GetArrayFromImage(
+        warped(vault_reach(p.template_resolution, p.vault_reach_mm))) > 0
 
     # intensity refinement in a band around the warped brain edge
     arr = sitk.GetArrayFromImage(img)
