@@ -19,6 +19,9 @@ from pipelines.cache import StageResult, StageStore
 log = logging.getLogger(__name__)
 
 SPINE_REGIONS = ("cervical", "spine", "thoracic")
+#: library code of the stage (part of its cache key: an edited mask or volume rule re-runs)
+CODE_DEPS = ("mri_safety.morphometry", "mri_safety.preprocess", "mri_safety.register",
+             "mri_safety.distance")
 #: ITK threads of the morphometry stage (a parameter: part of the cache key)
 THREADS = 2
 
@@ -49,7 +52,8 @@ def morphometry_stage(inputs: dict[str, Path], out: Path, region: str,
 
 def _run_morphometry(root: str, image: Path, region: str, contrast: str) -> StageResult:
     return StageStore(root).run("morphometry", morphometry_stage, {"image": image},
-                                {"region": region, "contrast": contrast, "threads": THREADS})
+                                {"region": region, "contrast": contrast, "threads": THREADS},
+                                code_deps=CODE_DEPS)
 
 
 def _rank(s: dict[str, Any], region: str) -> tuple[int, str] | None:

@@ -146,7 +146,7 @@ def test_template_fit_of_a_real_head_follows_its_pose() -> None:
 def test_template_fit_accepted_on_a_3d_t1_and_refitted_without_the_scalp() -> None:
     """The real 3D head T1 (bright fat: its Otsu head mask is full of holes, 0.79
     of a correct fit inside it) keeps its template masks and MNI mapping through
-    the second test (:func:`mri_safety.change.masks._under_the_skull`). On the MS
+    the second test (:func:`mri_safety.preprocess.brainmask._under_the_skull`). On the MS
     T2W the first fit is over-scaled (its warped brain covers the scalp) and
     rejected; the second, fitted without the head's outer 10 mm, is accepted, and
     its MNI mapping agrees with the FLAIR's of the same session carried through the
@@ -154,8 +154,8 @@ def test_template_fit_accepted_on_a_3d_t1_and_refitted_without_the_scalp() -> No
     median distance under 4 mm (measured 2.9 mm, 2026-12-07)."""
     import SimpleITK as sitk
 
-    from mri_safety.change.masks import _under_the_skull, brain_mask
     from mri_safety.preprocess.bias import head_mask, n4_correct
+    from mri_safety.preprocess.brainmask import _under_the_skull, brain_mask
     from mri_safety.preprocess.masks import brain_masks
     from mri_safety.register.transforms import load_image
 

@@ -6,11 +6,14 @@ shrinking between visits?), not validated volumetry.
 Brain (:func:`brain_volumes`):
 
 * brain volume (mm^3) = voxel count x voxel volume of the MNI-template-based
-  brain mask (:func:`mri_safety.preprocess.masks.brain_masks`: parenchyma plus
-  ventricles, after N4). The template fit is an affine registration of a normal
-  adult brain, so the mask follows the subject's outline only within a few mm
-  (intensity refinement in a 3 mm band); thick-slice 2D series are partial-volume
-  limited. Compare the same series type across visits, never T1w with FLAIR.
+  brain mask (parenchyma plus ventricles, after N4), the same mask change
+  detection searches (:func:`mri_safety.preprocess.brainmask.brain_mask`): a
+  template fit is used only when it is plausible, and one that scaled the
+  template to the scalp is fitted again without it. The template fit is an
+  affine registration of a normal adult brain, so the mask follows the
+  subject's outline only within a few mm (intensity refinement in a 3 mm
+  band); thick-slice 2D series are partial-volume limited. Compare the same
+  series type across visits, never T1w with FLAIR.
 * ventricle volume (mm^3) (:func:`ventricle_mask`): CSF-intensity voxels inside
   the brain mask eroded by ``erode_mm`` (so sulcal and extra-axial CSF at the
   brain edge is excluded) and inside an ellipsoid centred on the brain mask's
@@ -129,30 +132,35 @@ def brain_volumes(image: sitk.Image, contrast: str, analysis_grid: bool = True
 
     ``contrast``: BIDS suffix (T1w, FLAIR, T2w, ...) deciding whether CSF is
     dark or bright. Raises ``ValueError`` for an unsupported contrast or when
-    the template fit fails. ``analysis_grid``: an image finer than 0.5 mm3 per
-    voxel is measured on the 1 mm grid of change detection
-    (:func:`mri_safety.preprocess.grid.to_analysis_grid`; coarser images as they
-    are). The masks are 3-4 mm rules, and on the real 0.7 mm 3D T1 the native
+    no template fit is plausible (the morphological fallback mask that change
+    detection would then search is no volume measurement). ``analysis_grid``:
+    an image finer than 0.5 mm3 per voxel is measured on the 1 mm grid of change
+    detection (:func:`mri_safety.preprocess.grid.to_analysis_grid`; coarser
+    images as they are). The masks are 3-4 mm rules, and on the real 0.7 mm 3D T1 the native
     grid took 2.5 GB, more than a 2 GiB pipeline worker; the volumes it gives
     are in ``docs/report.md``.
     """
     from mri_safety.preprocess.bias import n4_correct
+    from mri_safety.preprocess.brainmask import brain_mask
     from mri_safety.preprocess.grid import to_analysis_grid
-    from mri_safety.preprocess.masks import brain_masks
 
     if contrast not in CSF_BY_CONTRAST:
         raise ValueError(f"no ventricle rule for contrast {contrast!r}")
     if analysis_grid:
         image = to_analysis_grid(image)
     img, _ = n4_correct(sitk.Cast(image, sitk.sitkFloat32))
-    masks = brain_masks(img)
+    masks = brain_mask(img)
+    if masks.subject_to_mni is None:
+        raise ValueError(f"no plausible template fit for the brain volume ({masks.method})")
     arr = sitk.GetArrayFromImage(img)  # [k, j, i]
-    brain = sitk.GetArrayFromImage(masks.brain) > 0
+    brain = np.ascontiguousarray(masks.brain.transpose(2, 1, 0))  # [i, j, k] -> [k, j, i]
     spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
     vent = ventricle_mask(arr, brain, spacing, CSF_BY_CONTRAST[contrast])  # type: ignore[arg-type]
     return BrainVolumes(brain_mm3=mask_volume_mm3(brain, spacing),
                         ventricles_mm3=mask_volume_mm3(vent, spacing),
-                        csf=CSF_BY_CONTRAST[contrast])
+                        csf=CSF_BY_CONTRAST[contrast],
+                        method=f"{masks.method}; ventricles = CSF-intensity voxels in the "
+                               "4 mm-eroded brain, central ellipsoid")
 
 
 def cord_csa_per_slice(
