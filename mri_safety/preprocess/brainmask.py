@@ -144,6 +144,11 @@ def _under_the_skull(brain: NDArray[np.bool_], head_img: sitk.Image) -> bool:
     return float((near_surface & brain).sum()) / n <= 0.2
 
 
+#: largest plausible brain mask (mL, parenchyma + ventricles): adult brains are
+#: 1.0-1.7 L, the MNI template's 1.75 L; a larger fit has scaled the template to
+#: the scalp (the 4.8 mm sagittal position T1s: 2.0-2.4 L)
+MAX_BRAIN_ML = 2000.0
+
 #: depth (mm) of the head's outer layer blanked for the second template fit: the
 #: adult scalp and skull together are about 10-15 mm thick, the brain lies deeper
 SCALP_MM = 10.0
@@ -194,7 +199,9 @@ def brain_mask(image: sitk.Image) -> MaskSet:
             # (real heads: 0.90-0.98 inside the Otsu head mask, which misses some dark
             # CSF and slab-edge brain; a failed fit on a phantom: <= 0.6)
             inside = float((brain & head).sum()) / max(int(brain.sum()), 1)
-            if brain.sum() >= 1000 and (inside >= 0.8 or _under_the_skull(brain, head_img)):
+            ml = float(brain.sum()) * float(np.prod(image.GetSpacing())) / 1000.0
+            if (brain.sum() >= 1000 and ml <= MAX_BRAIN_ML
+                    and (inside >= 0.8 or _under_the_skull(brain, head_img))):
                 return MaskSet(brain, icv | brain,
                                f"preprocess.masks.brain_masks (MNI template{how})",
                                subject_to_mni_ras(bm.template_to_subject))
