@@ -86,19 +86,20 @@ def test_vault_reach_bounds_the_masks_under_the_skull_base() -> None:
 def test_position_t1_brain_mask_is_the_brain_not_the_scalp(position: str) -> None:
     """The 4.8 mm sagittal T1s of the position pairs: the first template fit scales
     the template to the scalp and passes both location tests (2.02-2.41 L; 0.08-0.10
-    of its voxels within 4 mm of the head's surface), so the plausible masks bound
-    the brain at ``MAX_BRAIN_ML`` (2 L) and fit such a series again without the
-    scalp: 1.36-1.55 L and 0.001-0.006 within 4 mm of the surface on the four
+    of its voxels within 4 mm of the head's surface). For a brain volume the masks
+    are bounded at ``MAX_BRAIN_ML`` (2 L), which fits such a series again without
+    the scalp: 1.36-1.55 L and 0.001-0.006 within 4 mm of the surface on the four
     positions (measured 2026-12-07; looked at by eye at stop 39, sagittal slices of
-    all four)."""
+    all four), and that is the volume the morphometry stage reports."""
     from mri_safety.distance import within_mm
     from mri_safety.evaluation.pairs import convert_dir
+    from mri_safety.morphometry.volumes import brain_volumes
     from mri_safety.preprocess.bias import head_mask
     from mri_safety.preprocess.brainmask import MAX_BRAIN_ML, _closed_head, brain_mask
 
-    img = n4_correct(sitk.Cast(convert_dir(need_data("dicom", "patient-positions", position)),
-                               sitk.sitkFloat32))[0]
-    ms = brain_mask(img)
+    raw = convert_dir(need_data("dicom", "patient-positions", position))
+    img = n4_correct(sitk.Cast(raw, sitk.sitkFloat32))[0]
+    ms = brain_mask(img, max_brain_ml=MAX_BRAIN_ML)
     sp = tuple(float(s) for s in img.GetSpacing())
     ml = float(ms.brain.sum()) * float(np.prod(sp)) / 1000
     near = within_mm(~_closed_head(head_mask(img)), 4.0, sp, inclusive=False)
@@ -107,3 +108,5 @@ def test_position_t1_brain_mask_is_the_brain_not_the_scalp(position: str) -> Non
     assert ms.method.endswith("fitted without the scalp)")
     assert 1100 < ml < 0.85 * MAX_BRAIN_ML
     assert share < 0.03
+    vol = brain_volumes(raw, "T1w")
+    assert vol.brain_mm3 / 1000 == pytest.approx(ml, rel=0.01)

@@ -73,7 +73,7 @@ from mri_safety.change.fluid import (
     widened_space,
 )
 from mri_safety.change.masks import MaskSet, arr, brain_mask, dilate_mm, erode_mm, img_like
-from mri_safety.change.midline import Midline, along_sagittal_sinus, centroid_midline, find_midline
+from mri_safety.change.midline import Midline, centroid_midline, find_midline
 from mri_safety.change.multicontrast import WithinVisit, apply_within_visit, within_visit_from_extra
 from mri_safety.change.params import DetectParams, load_params
 from mri_safety.change.region import AtlasMap
@@ -159,9 +159,6 @@ POOLED: dict[str, tuple[str, ...]] = {"flair": ("t2w",), "t2w": ("flair",)}
 #: inflow or noise. Post-contrast T1w is not listed: enhancement can be new alone.
 NEEDS_T2_CHANGE: dict[str, tuple[str, ...]] = {"t1w": ("flair", "t2w", "pd")}
 REVIEW_SCORE = 0.5
-#: contrasts whose decreases along the superior sagittal sinus lose ``sinus_penalty``
-#: (T2*w/SWI keep theirs: a dark focus there may be blood)
-SINUS_CONTRASTS = ("t1w", "t2w", "flair", "pd")
 #: RigidParams overrides of the detection registration (see register_pair).
 DETECT_RIGID: dict[str, Any] = {"gradient_filter": "all", "upsample_mm": None}
 
@@ -895,7 +892,6 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
     # FLAIR-hyperintense at follow-up: a part of a "fluid at both visits" candidate that is not
     flair_bright = fluid[1] >= p.hyper_ratio if fluid is not None else None
     vdist: NDArray[np.float32] | None = None  # distance to the baseline ventricles, mm (lazy)
-    icv_depth: NDArray[np.float32] | None = None  # distance inside the intracranial mask (lazy)
     n_lesion_map = len(comps)
     comps = comps + fluid_comps
     for n_comp, comp in enumerate(comps):
@@ -989,18 +985,6 @@ def detect_registered(rp: RegisteredPair, contrast: str = "flair", region: str =
             evidence -= p.edge_penalty
             reasons.append(f"at a baseline intensity edge ({100 * edge_share:.0f}% of noise "
                            f"from misregistration): evidence -{p.edge_penalty:g}")
-        if (comp.sign < 0 and c in SINUS_CONTRASTS and sctx is None and not is_fluid
-                and p.sinus_penalty > 0):
-            if icv_depth is None:
-                icv_depth = distance_to_mm(~rp.icv, sp)  # mm inside the inner table, lazily
-            msp = midline.distance_mm(comp.centroid_ras_mm)
-            dep = float(icv_depth[tuple(int(round(v)) for v in comp.centroid_voxel)])
-            if along_sagittal_sinus(msp, dep):
-                evidence -= p.sinus_penalty
-                reasons.append(f"along the superior sagittal sinus and the falx ({abs(msp):.1f} "
-                               f"mm from the mid-sagittal plane, {dep:.1f} mm inside the "
-                               f"inner table), where flow and the brain's shift beside the "
-                               f"falx change the signal: evidence -{p.sinus_penalty:g}")
         if vfrac >= MARGIN_FRACTION and against is not None and on_csf is not None:
             # CSF is CSF on every contrast: where another contrast changed the other way
             # (a mass bright on T2w and on FLAIR, where new CSF is dark) it is tissue. A

@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 #: candidates within this distance (mm) of the plane are on the midline
 MIDLINE_MM = 3.0
 
-#: the superior sagittal sinus and the falx beneath it (anatomy, not fitted): the
-#: sinus runs in the midline along the inner table, its lumen up to about 10 mm
-#: wide and deep towards the confluence; a candidate whose centroid lies within
-#: SINUS_HALF_WIDTH_MM of the mid-sagittal plane and SINUS_DEPTH_MM of the
-#: intracranial boundary is along it (:func:`along_sagittal_sinus`)
-SINUS_HALF_WIDTH_MM = 5.0
-SINUS_DEPTH_MM = 10.0
-
 #: LPS <-> RAS sign flip of the first two axes
 _FLIP = np.array([-1.0, -1.0, 1.0])
 
@@ -142,21 +134,3 @@ def find_midline(image: sitk.Image, brain: NDArray[np.bool_], seed: int = 202611
     p = 0.5 * (c + s_c) * _FLIP
     return Midline((float(p[0]), float(p[1]), float(p[2])),
                    (float(n[0]), float(n[1]), float(n[2])), "mirror registration")
-
-
-def along_sagittal_sinus(midline_mm: float, depth_mm: float) -> bool:
-    """Is a point along the superior sagittal sinus and the falx?
-
-    ``midline_mm``: its signed distance to the mid-sagittal plane
-    (:meth:`Midline.distance_mm`); ``depth_mm``: its distance inside the
-    intracranial mask's boundary (the inner table), both world mm. Signal there
-    changes between visits without a new abnormality: flow in the sinus (slow
-    flow bright at one visit, a flow void at the next) and the medial surfaces
-    of the hemispheres shifting beside the falx with the head's position.
-
-    >>> along_sagittal_sinus(2.0, 7.0), along_sagittal_sinus(8.0, 7.0)
-    (True, False)
-    >>> along_sagittal_sinus(-1.0, 25.0)  # deep in the interhemispheric fissure
-    False
-    """
-    return abs(midline_mm) <= SINUS_HALF_WIDTH_MM and depth_mm <= SINUS_DEPTH_MM

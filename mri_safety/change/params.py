@@ -58,11 +58,6 @@ class DetectParams(BaseModel):
         ``dipole_mm`` (the pattern of a local shift) loses ``dipole_penalty`` z of evidence.
     edge_penalty: evidence z removed when most of a candidate's modelled noise comes
         from baseline intensity edges (partial volume / misregistration).
-    sinus_penalty: evidence z removed from a decrease on T1w, T2w, FLAIR or PD
-        along the superior sagittal sinus and the falx
-        (:func:`~mri_safety.change.midline.along_sagittal_sinus`): flow and the
-        brain's shift beside the falx, a noise source the model does not hold,
-        as the edges of ``edge_penalty`` (whose size it takes).
     extra_contrast_bonus / extra_contrast_z: evidence added for each extra
         contrast whose mean z inside the candidate reaches ``extra_contrast_z``.
     registration_threads, seed: determinism of registration.
@@ -85,7 +80,6 @@ class DetectParams(BaseModel):
     dipole_mm: float = Field(3.0, ge=0)
     dipole_penalty: float = Field(2.0, ge=0)
     edge_penalty: float = Field(1.0, ge=0)
-    sinus_penalty: float = Field(1.0, ge=0)
     extra_contrast_bonus: float = Field(1.0, ge=0)
     extra_contrast_z: float = Field(2.0, gt=0)
     registration_threads: int = Field(2, ge=1)

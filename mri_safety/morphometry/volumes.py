@@ -6,10 +6,13 @@ shrinking between visits?), not validated volumetry.
 Brain (:func:`brain_volumes`):
 
 * brain volume (mm^3) = voxel count x voxel volume of the MNI-template-based
-  brain mask (parenchyma plus ventricles, after N4), the same mask change
-  detection searches (:func:`mri_safety.preprocess.brainmask.brain_mask`): a
+  brain mask (parenchyma plus ventricles, after N4), by the fit acceptance of
+  change detection (:func:`mri_safety.preprocess.brainmask.brain_mask`): a
   template fit is used only when it is plausible, and one that scaled the
-  template to the scalp is fitted again without it. The template fit is an
+  template to the scalp is fitted again without it; for a volume a fit of more
+  than :data:`~mri_safety.preprocess.brainmask.MAX_BRAIN_ML` (2 L) counts as
+  scaled to the scalp too (change detection keeps such a fit: its registration
+  mask needs the width on the position T1s). The template fit is an
   affine registration of a normal adult brain, so the mask follows the
   subject's outline only within a few mm (intensity refinement in a 3 mm
   band); thick-slice 2D series are partial-volume limited. Compare the same
@@ -141,7 +144,7 @@ def brain_volumes(image: sitk.Image, contrast: str, analysis_grid: bool = True
     are in ``docs/report.md``.
     """
     from mri_safety.preprocess.bias import n4_correct
-    from mri_safety.preprocess.brainmask import brain_mask
+    from mri_safety.preprocess.brainmask import MAX_BRAIN_ML, brain_mask
     from mri_safety.preprocess.grid import to_analysis_grid
 
     if contrast not in CSF_BY_CONTRAST:
@@ -149,7 +152,7 @@ def brain_volumes(image: sitk.Image, contrast: str, analysis_grid: bool = True
     if analysis_grid:
         image = to_analysis_grid(image)
     img, _ = n4_correct(sitk.Cast(image, sitk.sitkFloat32))
-    masks = brain_mask(img)
+    masks = brain_mask(img, max_brain_ml=MAX_BRAIN_ML)
     if masks.subject_to_mni is None:
         raise ValueError(f"no plausible template fit for the brain volume ({masks.method})")
     arr = sitk.GetArrayFromImage(img)  # [k, j, i]
