@@ -139,9 +139,9 @@ def brain_volumes(image: sitk.Image, contrast: str, analysis_grid: bool = True
     detection would then search is no volume measurement). ``analysis_grid``:
     an image finer than 0.5 mm3 per voxel is measured on the 1 mm grid of change
     detection (:func:`mri_safety.preprocess.grid.to_analysis_grid`; coarser
-    images as they are). The masks are 3-4 mm rules, and on the real 0.7 mm 3D T1 the native
-    grid took 2.5 GB, more than a 2 GiB pipeline worker; the volumes it gives
-    are in ``docs/report.md``.
+    images as they are). The masks are 3-4 mm rules, and on the real 0.7 mm 3D
+    T1 the native grid took 2.5 GB, more than a 2 GiB pipeline worker; the
+    volumes it gives are in ``docs/report.md``.
     """
     from mri_safety.preprocess.bias import n4_correct
     from mri_safety.preprocess.brainmask import MAX_BRAIN_ML, brain_mask
