@@ -354,17 +354,48 @@ def _window_median(blk: NDArray[np.float64], valid: NDArray[np.bool_], size: lis
     if extend_edge:
         _, idx = ndi.distance_transform_edt(~valid, return_indices=True)
         return np.asarray(ndi.median_filter(blk[tuple(idx)], size=size, mode="nearest"))
-    # a NaN-ignoring median filter: scipy has none built in (generic_filter calls
-    # np.nanmedian once per block; ~1 s for a 1 mm head's 64^3 blocks)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # windows without a valid block
-        med = ndi.generic_filter(np.where(valid, blk, np.nan), np.nanmedian, size=size,
-                                 mode="constant", cval=np.nan)
+    med = nan_median_filter(np.where(valid, blk, np.nan), size)
     empty = ~np.isfinite(med)
     if empty.any():
         _, idx = ndi.distance_transform_edt(empty, return_indices=True)
         med = med[tuple(idx)]
     return np.asarray(med)
+
+
+def nan_median_filter(x: NDArray[np.floating], size: list[int],
+                      max_elements: int = 8_000_000) -> NDArray[np.float64]:
+    """Median of the finite values of ``x`` in a ``size`` box (odd sizes, centred)
+    around each element; NaN where the box holds none. Outside ``x`` counts as NaN.
+
+    Equal, value for value, to ``ndi.generic_filter(x, np.nanmedian, size=size,
+    mode="constant", cval=np.nan)``: each window is sorted (NaN last) and the
+    middle one or the mean of the middle two finite values is taken, as
+    ``np.median`` does. scipy has no NaN-ignoring median filter, and
+    ``generic_filter`` calls Python once per element (80 of the 150 s of CPU of a
+    synthetic patient's 15 detections). Works in slabs of at most ``max_elements``
+    window values (float64).
+
+    >>> x = np.arange(5.0)[:, None, None] * np.ones((5, 1, 1)); x[2] = np.nan
+    >>> nan_median_filter(x, [3, 1, 1])[:, 0, 0].tolist()
+    [0.5, 0.5, 2.0, 3.5, 3.5]
+    """
+    if any(k % 2 == 0 for k in size):
+        raise ValueError(f"nan_median_filter needs odd window sizes, got {size}")
+    r = [k // 2 for k in size]
+    xp = np.pad(np.asarray(x, np.float64), [(h, h) for h in r], constant_values=np.nan)
+    win = np.lib.stride_tricks.sliding_window_view(xp, size)  # x.shape + size, a view
+    out = np.empty(x.shape, np.float64)
+    per_row = int(np.prod(x.shape[1:])) * int(np.prod(size))
+    rows = max(1, max_elements // max(1, per_row))
+    for s0 in range(0, x.shape[0], rows):
+        w = np.sort(win[s0:s0 + rows].reshape(*win[s0:s0 + rows].shape[:x.ndim], -1), axis=-1)
+        n = np.sum(np.isfinite(w), axis=-1)
+        lo = np.take_along_axis(w, np.maximum(n - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+        hi = np.take_along_axis(w, (n // 2)[..., None], axis=-1)[..., 0]
+        with np.errstate(invalid="ignore"):
+            out[s0:s0 + rows] = np.where(n > 0, np.where(n % 2 == 1, hi, (lo + hi) / 2.0),
+                                         np.nan)
+    return out
 
 
 def _to_voxels(med: NDArray[np.float64], shape: tuple[int, ...], shp: tuple[int, ...]
