@@ -257,7 +257,7 @@ def detect_stage(
     inputs: dict[str, Path], out: Path, region: str, contrast: str,
     detection: dict[str, Any], registered: Path, itk_threads: int = 1,
     extra_contrasts: list[str] | None = None, extra_registered: list[Path] | None = None,
-    zmemo: dict[tuple[str, str], Any] | None = None,
+    zmemo: dict[tuple[str, str], Any] | None = None, zshared: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """z-map and candidates of one registered pair (the outputs of
     ``mri-safety compare``, docs/detection.md, byte-identical to it for the
@@ -269,10 +269,11 @@ def detect_stage(
     contrasts of this one, as ``mri-safety compare --extra-contrast`` takes them:
     pooled into the z-map (FLAIR with T2w) or adding agreement (docs/detection.md).
 
-    ``zmemo``: z-maps of pooled brain comparisons by (register stage folder,
-    parameters), shared by the two detections of a pool run in one task
-    (:func:`_run_detect_pool`): each pair's z-map is computed once for both,
-    with the same result (not part of the stage key)."""
+    ``zmemo``: z-maps of brain comparisons by (register stage folder, parameters),
+    shared by the detections of a group run in one task (:func:`_run_detect_group`):
+    each pair's z-map is computed once for all of them, with the same result;
+    ``zshared``: the register folders whose z-maps another detection of the group
+    uses (only those are kept in ``zmemo``). Neither is part of the stage key."""
     from mri_safety.change.compare import _digest, detect_registered, write_outputs, z_registered
     from mri_safety.change.params import DetectParams
 
@@ -290,11 +291,11 @@ def detect_stage(
         extra_doc.append({"baseline": pb.name, "baseline_sha256": _digest(pb),
                           "followup": pf.name, "followup_sha256": _digest(pf),
                           "contrast": ec})
-    memo = zmemo if zmemo is not None and pools and region == "brain" else None
+    memo = zmemo if zmemo is not None and region == "brain" else None
 
     def z_of(reg_dir: Path, pair: Any) -> Any:
-        if memo is None:
-            return None
+        if memo is None or reg_dir.name not in zshared:
+            return None  # detect_registered computes it
         key = (reg_dir.name, p.model_dump_json())
         if key not in memo:
             memo[key] = z_registered(pair, p)
@@ -302,8 +303,7 @@ def detect_stage(
 
     with _itk(itk_threads):
         own_z = z_of(registered, rp)
-        pool_z = ([z_of(reg_dir, pr) for reg_dir, (pr, _) in zip(regs, pools, strict=True)]
-                  if memo is not None else None)
+        pool_z = [z_of(reg_dir, pr) for reg_dir, (pr, _) in zip(regs, pools, strict=True)]
         res = detect_registered(rp, contrast=contrast, region=region, params=p, within=within,
                                 extra_registered=pools, own_z=own_z,
                                 extra_zpairs=pool_z)
@@ -354,16 +354,17 @@ def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, reg
                 contrast: str, detection: dict[str, Any], threads: int,
                 partners: dict[str, Path] | None = None,
                 extras: list[tuple[StageResult, Path, Path, str]] | None = None,
-                zmemo: dict[tuple[str, str], Any] | None = None) -> StageResult:
+                zmemo: dict[tuple[str, str], Any] | None = None,
+                zshared: frozenset[str] = frozenset()) -> StageResult:
     """``partners``: within-visit partner files by role (hashed as inputs).
     ``extras``: per extra comparison of the same visits (:func:`extra_partners`),
-    its register result, baseline, follow-up and contrast. ``zmemo``: see
-    :func:`detect_stage`."""
+    its register result, baseline, follow-up and contrast. ``zmemo``, ``zshared``:
+    see :func:`detect_stage`."""
     inputs = {"baseline": baseline, "followup": followup, **(partners or {})}
     params: dict[str, Any] = {"region": region, "contrast": contrast,
                               "detection": detection, "itk_threads": threads}
     key = {"register": reg.digest}
-    context: dict[str, Any] = {"registered": reg.path, "zmemo": zmemo}
+    context: dict[str, Any] = {"registered": reg.path, "zmemo": zmemo, "zshared": zshared}
     if extras:
         for k, (_reg, eb, ef, _c) in enumerate(extras):
             inputs.update({f"extra{k}_baseline": eb, f"extra{k}_followup": ef})
@@ -375,28 +376,28 @@ def _run_detect(root: str, reg: StageResult, baseline: Path, followup: Path, reg
                                 code_deps=CODE_DEPS["detect"])
 
 
-def _run_detect_pool(root: str, first: dict[str, Any], second: dict[str, Any]
-                     ) -> list[StageResult | BaseException]:
-    """The detect stages of two comparisons pooled with each other (FLAIR and
-    T2w of the same visits, :func:`pool_partners`), one after the other in one
-    task so that each pair's z-map is computed once for both (``zmemo``).
-    ``first``/``second``: keyword arguments of :func:`_run_detect`. Each entry
-    of the result is that stage's result or its exception (one failing never
-    fails the other; unlike a lone detect task, a stage that raised is not
-    retried by Dask: stages are deterministic, and a worker that dies is still
-    handled by the scheduler, which re-runs the whole task)."""
+def _run_detect_group(root: str, *kws: dict[str, Any]) -> list[StageResult | BaseException]:
+    """The detect stages of comparisons that are each other's extra contrasts
+    (:func:`detect_groups`: FLAIR and T2w pooled, T1w taking both), one after the
+    other in one task so that each pair's z-map is computed once for all of them
+    (``zmemo``). ``kws``: keyword arguments of :func:`_run_detect`, in running
+    order. Each entry of the result is that stage's result or its exception (one
+    failing never fails the others; unlike a lone detect task, a stage that raised
+    is not retried by Dask: stages are deterministic, and a worker that dies is
+    still handled by the scheduler, which re-runs the whole task)."""
     memo: dict[tuple[str, str], Any] = {}
+    shared = frozenset(e[0].path.name for kw in kws for e in kw.get("extras") or [])
     out: list[StageResult | BaseException] = []
-    for kw in (first, second):
+    for kw in kws:
         try:
-            out.append(_run_detect(root, **kw, zmemo=memo))
+            out.append(_run_detect(root, **kw, zmemo=memo, zshared=shared))
         except Exception as exc:
             out.append(exc)
     return out
 
 
 def _pick(results: list[StageResult | BaseException], k: int) -> StageResult:
-    """Entry ``k`` of :func:`_run_detect_pool`'s result (its exception re-raised)."""
+    """Entry ``k`` of :func:`_run_detect_group`'s result (its exception re-raised)."""
     r = results[k]
     if isinstance(r, BaseException):
         raise r
@@ -633,6 +634,34 @@ def extra_partners(pairs: list[Pair]) -> dict[int, list[int]]:
             **_partners_by_table(pairs, EXTRA_PARTNERS, ("brain",))}
 
 
+def detect_groups(extras: dict[int, list[int]], n: int) -> list[list[int]]:
+    """The comparisons ``0..n-1`` in groups whose detect stages run in one task
+    (:func:`_run_detect_group`): those linked through ``extras``
+    (:func:`extra_partners`), each group in running order (fewest extra
+    contrasts first, so the z-maps the others take are ready, and a T1w
+    comparison's own z-map is not held while the others run), then by index.
+
+    >>> detect_groups({0: [1], 1: [0], 2: [0, 1], 4: [3]}, 6)
+    [[0, 1, 2], [3, 4], [5]]
+    """
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, js in extras.items():
+        for j in js:
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return sorted((sorted(g, key=lambda i: (len(extras.get(i, [])), i)) for g in groups.values()),
+                  key=min)
+
+
 def without_failed(extras: dict[int, list[int]], registered: set[int]
                    ) -> dict[int, list[int]]:
     """The detections to run again, each with the extra comparisons left to it:
@@ -807,8 +836,7 @@ def run_trial(
     pairs = drop_partnered_adc(pairs)  # ADC judged inside the DWI comparison
     vol_pairs = volume_pairs(pairs)  # brain T1w (else T2w) follow-up vs baseline
     vol_params = asdict(VolumeChangeParams())
-    pooled = pool_partners(pairs)  # FLAIR comparison -> T2w comparison of the same visits
-    extras = extra_partners(pairs)  # ... and T1w -> FLAIR, T2w (extra contrasts)
+    extras = extra_partners(pairs)  # FLAIR <-> T2w pooled, T1w -> FLAIR, T2w (extra contrasts)
     chain: dict[Any, tuple[str, Any]] = {}  # future -> (stage, pair index or series name)
     regs: dict[int, Any] = {}
     dets: dict[int, Any] = {}
@@ -836,11 +864,12 @@ def run_trial(
         dets[i] = client.submit(_run_detect, str(work), **kw, pure=False, retries=RETRIES)
         chain_evidence(i)
 
-    def submit_detect_pool(i: int, j: int) -> None:
-        both = client.submit(_run_detect_pool, str(work), detect_kw(i, [j]), detect_kw(j, [i]),
+    def submit_detect_group(group: list[int]) -> None:
+        task = client.submit(_run_detect_group, str(work),
+                             *(detect_kw(i, extras.get(i, [])) for i in group),
                              pure=False, retries=RETRIES)
-        for k, n in enumerate((i, j)):
-            dets[n] = client.submit(_pick, both, k, pure=False)
+        for k, n in enumerate(group):
+            dets[n] = client.submit(_pick, task, k, pure=False)
             chain_evidence(n)
 
     # per series: N4 once, brain masks once if it is the baseline of a comparison
@@ -874,13 +903,11 @@ def run_trial(
             vf = client.submit(run_volume, str(work), regs[i], b, f, pair.contrast, vol_params,
                                threads_per_task, pure=False, retries=RETRIES)
             chain[vf] = ("volume", i)
-    for i in range(len(pairs)):
-        j = pooled.get(i)
-        if j is not None and pooled.get(j) == i:  # the two of a pool in one task
-            if i < j:
-                submit_detect_pool(i, j)
+    for group in detect_groups(extras, len(pairs)):  # sharing z-maps: one task each
+        if len(group) > 1:
+            submit_detect_group(group)
         else:
-            submit_detect(i, extras.get(i, []))
+            submit_detect(group[0], extras.get(group[0], []))
     # morphometry fills idle workers while the comparisons finish (cached for the reports)
     early = submit_early(client, out, _series_by_visit(rows, qc))
     got: dict[tuple[str, Any], StageResult | BaseException] = {}

@@ -14,7 +14,7 @@ SECRET = b"pipeline-pooled-secret-0123456789"
 
 
 def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
-    from pipelines.trial import Pair, extra_partners, pool_partners
+    from pipelines.trial import Pair, detect_groups, extra_partners, pool_partners
 
     def pair(visit: str, ref: str, contrast: str, region: str = "brain") -> Pair:
         return Pair("S1", visit, ref, "baseline" if ref == "baseline" else "previous", region,
@@ -30,6 +30,9 @@ def test_pool_partners_pairs_flair_and_t2w_of_the_same_visits() -> None:
     # T1w takes the FLAIR and T2w comparisons of its visits (those that exist), never
     # across regions
     assert extra_partners(pairs) == {0: [1], 1: [0], 3: [4], 4: [3], 5: [2], 7: [3, 4]}
+    # the detections sharing z-maps run in one task each, the T1w one last
+    assert detect_groups(extra_partners(pairs), len(pairs)) == [[0, 1], [2, 5], [3, 4, 7], [6],
+                                                               [8]]
 
 
 def test_visit_groups_one_lesion_flagged_in_flair_and_t2w(tmp_path) -> None:
@@ -259,17 +262,18 @@ def test_pipeline_pools_flair_and_t2w_like_compare(tmp_path_factory, tmp_path) -
 
 
 @pytest.mark.slow
-def test_pooled_detections_compute_each_zmap_once(tmp_path_factory, tmp_path,
-                                                  monkeypatch) -> None:
-    """The two detections of a pool, run in one task, compute 2 z-maps, not 4,
+def test_grouped_detections_compute_each_zmap_once(tmp_path_factory, tmp_path,
+                                                   monkeypatch) -> None:
+    """The FLAIR, T2w and T1w detections of the same visits, run in one task,
+    compute 3 z-maps, not 7 (FLAIR and T2w take each other's, T1w takes both),
     and write the same outputs as when each runs alone."""
     from distributed import Client
 
     import mri_safety.change.compare as compare
     from pipelines.cache import StageResult
-    from pipelines.trial import _run_detect, _run_detect_pool, run_trial
+    from pipelines.trial import _run_detect, _run_detect_group, run_trial
 
-    trial = small_synthetic_trial(tmp_path_factory, ("02_FLAIR", "03_T2w"))
+    trial = small_synthetic_trial(tmp_path_factory, ("01_T1w", "02_FLAIR", "03_T2w"))
     out = tmp_path / "out"
     with Client(processes=False, n_workers=1, threads_per_worker=1,
                 dashboard_address=None) as client:
@@ -278,35 +282,34 @@ def test_pooled_detections_compute_each_zmap_once(tmp_path_factory, tmp_path,
     comps = {(c["visit"], c["kind"], c["contrast"]): c
              for v in sorted((out / "visits").glob("*/ses-*/visit_summary.json"))
              for c in json.loads(v.read_text())["comparisons"]}
-    work = out / "work"
+    work, bids = out / "work", out / "bids"
 
-    def kw(contrast: str, other: str) -> dict:
-        mine, theirs = comps[("24h", "baseline", contrast)], comps[("24h", "baseline", other)]
+    def reg_of(contrast: str) -> StageResult:
+        man = json.loads((out / comps[("24h", "baseline", contrast)]["manifest"]).read_text())
+        d = man["upstream"]["register"]
+        return StageResult("register", d, work / "register" / d, False)
+
+    def kw(contrast: str, others: tuple[str, ...]) -> dict:
+        mine = comps[("24h", "baseline", contrast)]
         man = json.loads((out / mine["manifest"]).read_text())
-        up = man["upstream"]
-        reg = StageResult("register", up["register"], work / "register" / up["register"], False)
-        preg = StageResult("register", up["extra_register"],
-                           work / "register" / up["extra_register"], False)
-        bids = out / "bids"
-        return {"reg": reg, "baseline": bids / mine["baseline_name"],
+        extras = [(reg_of(o), bids / comps[("24h", "baseline", o)]["baseline_name"],
+                   bids / comps[("24h", "baseline", o)]["followup_name"], o) for o in others]
+        return {"reg": reg_of(contrast), "baseline": bids / mine["baseline_name"],
                 "followup": bids / mine["followup_name"], "region": "brain",
                 "contrast": contrast, "detection": man["parameters"]["detection"],
-                "threads": 1, "partners": {},
-                "extras": [(preg, bids / theirs["baseline_name"],
-                            bids / theirs["followup_name"], other)]}
+                "threads": 1, "partners": {}, "extras": extras}
 
+    group = [("flair", ("t2w",)), ("t2w", ("flair",)), ("t1w", ("flair", "t2w"))]
     calls = []
     real = compare.z_registered
     monkeypatch.setattr(compare, "z_registered",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    fresh = tmp_path / "fresh"
-    both = _run_detect_pool(str(fresh), kw("flair", "t2w"), kw("t2w", "flair"))
-    assert len(calls) == 2 and all(r.computed for r in both)  # type: ignore[union-attr]
+    together = _run_detect_group(str(tmp_path / "fresh"), *(kw(c, o) for c, o in group))
+    assert len(calls) == 3 and all(r.computed for r in together)  # type: ignore[union-attr]
     calls.clear()
-    alone = [_run_detect(str(tmp_path / "alone"), **kw(c, o)) for c, o in
-             (("flair", "t2w"), ("t2w", "flair"))]
-    assert len(calls) == 4
-    for a, b in zip(both, alone, strict=True):
+    alone = [_run_detect(str(tmp_path / "alone"), **kw(c, o)) for c, o in group]
+    assert len(calls) == 7
+    for a, b in zip(together, alone, strict=True):
         assert a.digest == b.digest  # type: ignore[union-attr]
         for name in ("candidates.json", "candidates.nii.gz", "zmap.nii.gz"):
             assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name  # type: ignore[union-attr]
