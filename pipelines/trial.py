@@ -637,9 +637,11 @@ def extra_partners(pairs: list[Pair]) -> dict[int, list[int]]:
 def detect_groups(extras: dict[int, list[int]], n: int) -> list[list[int]]:
     """The comparisons ``0..n-1`` in groups whose detect stages run in one task
     (:func:`_run_detect_group`): those linked through ``extras``
-    (:func:`extra_partners`), each group in running order (fewest extra
-    contrasts first, so the z-maps the others take are ready, and a T1w
-    comparison's own z-map is not held while the others run), then by index.
+    (:func:`extra_partners`), each group in running order: fewest extra
+    contrasts first, then by index. Any order gives the same outputs (a shared
+    z-map is computed by whichever detection needs it first); this one only
+    keeps the memo small while the others run (a T1w comparison's own z-map is
+    never kept, and it runs last).
 
     >>> detect_groups({0: [1], 1: [0], 2: [0, 1], 4: [3]}, 6)
     [[0, 1, 2], [3, 4], [5]]

@@ -388,7 +388,8 @@ def nan_median_filter(x: NDArray[np.floating], size: list[int],
     per_row = int(np.prod(x.shape[1:])) * int(np.prod(size))
     rows = max(1, max_elements // max(1, per_row))
     for s0 in range(0, x.shape[0], rows):
-        w = np.sort(win[s0:s0 + rows].reshape(*win[s0:s0 + rows].shape[:x.ndim], -1), axis=-1)
+        part = win[s0:s0 + rows]
+        w = np.sort(part.reshape(*part.shape[:x.ndim], -1), axis=-1)
         n = np.sum(np.isfinite(w), axis=-1)
         lo = np.take_along_axis(w, np.maximum(n - 1, 0)[..., None] // 2, axis=-1)[..., 0]
         hi = np.take_along_axis(w, (n // 2)[..., None], axis=-1)[..., 0]
